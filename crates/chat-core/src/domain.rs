@@ -1,0 +1,417 @@
+//! The values of the protocol, as types that can only hold valid values.
+//!
+//! Each type has one way in (`parse`) that checks the rule of `PROTOCOL.md`, so that code holding
+//! a `RoomName` or a `MessageText` never checks it again.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use unicode_general_category::{GeneralCategory, get_general_category};
+use uuid::Uuid;
+
+/// Why a value was refused; the text is shown to the person who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// A room name: `[A-Za-z0-9_.-]{1,64}`, case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(allowed) {
+            return Err(invalid(format!(
+                "invalid room name: it must be 1 to {} characters of A-Z, a-z, 0-9, '_', '.' or '-'",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Self(s.into()))
+    }
+
+    /// The room every connection joins on connect.
+    pub fn lobby() -> Self {
+        Self("lobby".into())
+    }
+
+    pub fn is_lobby(&self) -> bool {
+        &*self.0 == "lobby"
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: 1 to 32 characters, not only whitespace, no control or format characters
+/// (Unicode category C).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 32;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(invalid(format!(
+                "invalid name: it must be 1 to {} characters",
+                Self::MAX_CHARS
+            )));
+        }
+        if s.chars().all(char::is_whitespace) {
+            return Err(invalid("invalid name: it cannot be only whitespace"));
+        }
+        if s.chars().any(is_other_category) {
+            return Err(invalid(
+                "invalid name: it cannot contain control, format or unassigned characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// `guest-XXXX`, for a connection that gave no name.
+    pub fn guest() -> Self {
+        Self(format!("guest-{:04}", fastrand::u16(0..10_000)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Unicode general category C: Cc, Cf, Cs, Co, Cn.
+fn is_other_category(c: char) -> bool {
+    matches!(
+        get_general_category(c),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::Surrogate
+            | GeneralCategory::PrivateUse
+            | GeneralCategory::Unassigned
+    )
+}
+
+/// The text of a message: 1 to 4000 Unicode scalar values, not only whitespace. Kept exactly as
+/// sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageText(String);
+
+/// Why a message text was refused: the two cases map to different error codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextError {
+    Empty,
+    TooLong { chars: usize },
+}
+
+impl MessageText {
+    pub const MAX_CHARS: usize = 4000;
+
+    pub fn parse(s: String) -> Result<Self, TextError> {
+        // Counting stops early: a huge text costs no more than the limit.
+        let chars = s.chars().take(Self::MAX_CHARS + 1).count();
+        if chars > Self::MAX_CHARS {
+            return Err(TextError::TooLong {
+                chars: s.chars().count(),
+            });
+        }
+        if s.chars().all(char::is_whitespace) {
+            return Err(TextError::Empty);
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A message id: a UUID (version 7 when the server makes it), written in canonical lowercase
+/// hyphenated form. Its string form sorts like its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A new version 7 id: ordered by creation within this process.
+    pub fn new_v7() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Accepts only the canonical lowercase hyphenated form, as the protocol says.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let bad = || invalid("invalid message id: it must be a UUID in lowercase hyphenated form");
+        if s.len() != 36 {
+            return Err(bad());
+        }
+        let uuid = Uuid::try_parse(s).map_err(|_| bad())?;
+        // try_parse also accepts upper case; the canonical form is lower case only.
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad());
+        }
+        Ok(Self(uuid))
+    }
+
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// Milliseconds since the Unix epoch encoded in a version 7 id.
+    pub fn timestamp_ms(&self) -> Option<u64> {
+        self.0.get_timestamp().map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        })
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Uuid::encode_buffer();
+        s.serialize_str(self.0.hyphenated().encode_lower(&mut buf))
+    }
+}
+
+/// A string of at most 64 characters, the rule shared by `requestId` and `clientMsgId`.
+fn short_string(s: &str, field: &str) -> Result<Arc<str>, Invalid> {
+    if s.chars().count() > 64 {
+        return Err(invalid(format!("{field} must be at most 64 characters")));
+    }
+    Ok(s.into())
+}
+
+/// The `requestId` a client puts on a frame so that it can match the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        short_string(s, "requestId").map(Self)
+    }
+}
+
+/// The sender's own id for a message, which makes retries idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientMsgId(Arc<str>);
+
+impl ClientMsgId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        short_string(s, "clientMsgId").map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The page size of `history`: 1 to 100, 50 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(u8);
+
+impl PageLimit {
+    pub const MAX: u8 = 100;
+    pub const DEFAULT: Self = Self(50);
+
+    pub fn parse(n: u64) -> Result<Self, Invalid> {
+        match u8::try_from(n) {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Self(n)),
+            _ => Err(invalid(format!(
+                "limit must be an integer from 1 to {}",
+                Self::MAX
+            ))),
+        }
+    }
+
+    pub const fn max() -> Self {
+        Self(Self::MAX)
+    }
+
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// The gateway's id of a connection. Never shown to other clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionId(Arc<str>);
+
+impl ConnectionId {
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        Self(s.into())
+    }
+
+    /// A fresh id in the style of API Gateway's (`L0SM9cOFvHcCIhw=`).
+    pub fn random() -> Self {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut s: String = (0..15)
+            .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+            .collect();
+        s.push('=');
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who sent a message or is in a room, as other clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub name: DisplayName,
+    /// Only when the connection is authenticated.
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none", default)]
+    pub user_id: Option<String>,
+}
+
+impl Member {
+    /// The key under which `clientMsgId`s are remembered: the user id when authenticated, else
+    /// the display name.
+    pub fn sender_key(&self) -> String {
+        match &self.user_id {
+            Some(id) => format!("u:{id}"),
+            None => format!("n:{}", self.name.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_pattern_as_a_whole() {
+        assert!(RoomName::parse("lobby").is_ok());
+        assert!(RoomName::parse("A-b_c.9").is_ok());
+        assert!(RoomName::parse(&"a".repeat(64)).is_ok());
+        assert!(RoomName::parse(&"a".repeat(65)).is_err());
+        assert!(RoomName::parse("").is_err());
+        assert!(RoomName::parse("lobby\n").is_err());
+        assert!(RoomName::parse("a b").is_err());
+        assert!(RoomName::parse("é").is_err());
+    }
+
+    #[test]
+    fn room_names_are_case_sensitive() {
+        assert_ne!(RoomName::parse("Lobby").unwrap(), RoomName::lobby());
+    }
+
+    #[test]
+    fn display_names_count_characters_not_bytes() {
+        assert!(DisplayName::parse(&"é".repeat(32)).is_ok());
+        assert!(DisplayName::parse(&"é".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn display_names_refuse_empty_blank_and_control_characters() {
+        assert!(DisplayName::parse("").is_err());
+        assert!(DisplayName::parse("   ").is_err());
+        assert!(DisplayName::parse("a\u{0}b").is_err());
+        assert!(
+            DisplayName::parse("a\u{200b}b").is_err(),
+            "zero width space is Cf"
+        );
+        assert!(
+            DisplayName::parse("a\u{e000}").is_err(),
+            "private use is Co"
+        );
+        assert!(DisplayName::parse("Ada Lovelace").is_ok());
+    }
+
+    #[test]
+    fn guest_names_are_valid_display_names() {
+        let guest = DisplayName::guest();
+        assert!(guest.as_str().starts_with("guest-"));
+        assert!(DisplayName::parse(guest.as_str()).is_ok());
+    }
+
+    #[test]
+    fn message_text_allows_exactly_4000_code_points() {
+        assert!(MessageText::parse("😀".repeat(4000)).is_ok());
+        assert_eq!(
+            MessageText::parse("😀".repeat(4001)),
+            Err(TextError::TooLong { chars: 4001 })
+        );
+    }
+
+    #[test]
+    fn message_text_refuses_empty_and_whitespace_only_and_keeps_the_rest_verbatim() {
+        assert_eq!(MessageText::parse(String::new()), Err(TextError::Empty));
+        assert_eq!(MessageText::parse(" \n\t".into()), Err(TextError::Empty));
+        let kept = MessageText::parse("  <b>hi</b>  ".into()).unwrap();
+        assert_eq!(kept.as_str(), "  <b>hi</b>  ");
+    }
+
+    #[test]
+    fn message_ids_must_be_canonical_lowercase_uuids() {
+        let id = MessageId::new_v7();
+        assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);
+        assert!(MessageId::parse(&id.to_string().to_uppercase()).is_err());
+        assert!(MessageId::parse(&id.as_uuid().simple().to_string()).is_err());
+        assert!(MessageId::parse("not-a-uuid").is_err());
+        assert!(MessageId::parse(&format!("{{{id}}}")).is_err());
+    }
+
+    #[test]
+    fn new_message_ids_sort_in_creation_order_as_strings() {
+        let ids: Vec<String> = (0..1000).map(|_| MessageId::new_v7().to_string()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn page_limits_run_from_1_to_100() {
+        assert!(PageLimit::parse(0).is_err());
+        assert_eq!(PageLimit::parse(1).unwrap().get(), 1);
+        assert_eq!(PageLimit::parse(100).unwrap().get(), 100);
+        assert!(PageLimit::parse(101).is_err());
+        assert!(PageLimit::parse(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn request_ids_are_at_most_64_characters() {
+        assert!(RequestId::parse(&"x".repeat(64)).is_ok());
+        assert!(RequestId::parse(&"x".repeat(65)).is_err());
+        assert!(ClientMsgId::parse(&"é".repeat(64)).is_ok());
+        assert!(ClientMsgId::parse(&"é".repeat(65)).is_err());
+    }
+}

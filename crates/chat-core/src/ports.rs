@@ -1,0 +1,214 @@
+//! The ports: what the chat core needs from the world, as small traits.
+//!
+//! Adapters implement them: [`crate::memory`] (in process), `chat-sqlite` (the local binary's
+//! messages), and the DynamoDB / API Gateway adapters of the Lambda functions. Everything the
+//! protocol requires across frames (membership, rate limits, idempotent sends) lives behind these
+//! traits, so that it holds across Lambda invocations when the adapter is DynamoDB.
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+
+use crate::domain::{ClientMsgId, ConnectionId, Member, MessageId, MessageText, RoomName};
+use crate::protocol::{Cursor, Payload};
+use crate::rate_limit::RateLimit;
+
+/// A store failed (I/O, throttling, a broken connection). The client sees only `internal`.
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A connection as the stores know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub member: Member,
+    /// The rooms it is a member of, in the order joined.
+    pub rooms: Vec<RoomName>,
+}
+
+impl ConnectionRecord {
+    pub fn is_member_of(&self, room: &RoomName) -> bool {
+        self.rooms.contains(room)
+    }
+}
+
+/// What `join` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    AlreadyMember,
+    /// The connection is in `max_rooms` rooms already.
+    LimitExceeded,
+    /// The connection is not (or no longer) stored.
+    NoConnection,
+}
+
+/// Who is connected, and in which rooms.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// Stores a new connection, in no room yet.
+    async fn insert(&self, id: &ConnectionId, member: &Member) -> StoreResult<()>;
+
+    async fn get(&self, id: &ConnectionId) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Removes the connection and all its memberships; returns what it was.
+    async fn remove(&self, id: &ConnectionId) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Adds the connection to the room, unless it would then be in more than `max_rooms`.
+    async fn join(
+        &self,
+        id: &ConnectionId,
+        room: &RoomName,
+        max_rooms: usize,
+    ) -> StoreResult<JoinOutcome>;
+
+    /// Removes the connection from the room; false when it was not a member.
+    async fn leave(&self, id: &ConnectionId, room: &RoomName) -> StoreResult<bool>;
+
+    /// Every connection in the room: the fan-out list.
+    async fn room_connections(&self, room: &RoomName) -> StoreResult<Vec<ConnectionId>>;
+
+    /// The distinct members of the room, at most `limit`.
+    async fn room_members(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Member>>;
+
+    /// Takes one message from the connection's allowance; false when it is used up.
+    async fn take_send_allowance(
+        &self,
+        id: &ConnectionId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+}
+
+/// A message to store. The store gives it its id and time.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: RoomName,
+    pub sender: Member,
+    pub text: MessageText,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// A stored message, as the `message` event and history show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub room: RoomName,
+    pub id: MessageId,
+    pub ts: u64,
+    pub sender: Member,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+impl StoredMessage {
+    /// Gives a new message its id (UUID v7, ordered within the process) and `ts` (the id's
+    /// own time, so that the two always agree).
+    pub fn stamp(new: NewMessage) -> Self {
+        let id = MessageId::new_v7();
+        Self {
+            ts: id.timestamp_ms().unwrap_or_default(),
+            id,
+            room: new.room,
+            sender: new.sender,
+            text: new.text.into_string(),
+            client_msg_id: new.client_msg_id,
+        }
+    }
+}
+
+/// What `append` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now.
+    New(StoredMessage),
+    /// The same sender already sent this `clientMsgId` in this room: here is that message.
+    Duplicate(StoredMessage),
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    /// More messages exist beyond this page, in the direction of the query.
+    pub has_more: bool,
+}
+
+/// Messages, per room, in id order.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Stores the message durably, unless its sender already used its `clientMsgId` in the room.
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// The message this sender (see [`Member::sender_key`]) sent with this `clientMsgId`.
+    async fn find_by_client_msg_id(
+        &self,
+        room: &RoomName,
+        sender_key: &str,
+        client_msg_id: &ClientMsgId,
+    ) -> StoreResult<Option<StoredMessage>>;
+
+    /// A page of the room's history: at most `limit` messages, oldest first.
+    async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page>;
+}
+
+/// Whether a frame reached the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// The connection no longer exists (API Gateway's `GoneException`).
+    Gone,
+}
+
+/// Delivering a frame failed for another reason than the connection being gone.
+#[derive(Debug, thiserror::Error)]
+#[error("notify error: {0}")]
+pub struct NotifyError(pub String);
+
+/// Delivers frames to connections.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn send(&self, to: &ConnectionId, payload: &Payload) -> Result<Delivery, NotifyError>;
+
+    /// Sends one payload to many connections; returns those that are gone. A failure to reach
+    /// one never stops the others. The default runs up to 32 sends at once.
+    async fn broadcast(&self, to: &[ConnectionId], payload: &Payload) -> Vec<ConnectionId> {
+        let mut gone = Vec::new();
+        let mut ids = to.iter();
+        let mut pending = FuturesUnordered::new();
+        loop {
+            while pending.len() < 32 {
+                let Some(id) = ids.next() else { break };
+                pending.push(deliver(self, id, payload));
+            }
+            let Some((id, result)) = pending.next().await else {
+                break;
+            };
+            match result {
+                Ok(Delivery::Delivered) => {}
+                Ok(Delivery::Gone) => gone.push(id.clone()),
+                Err(e) => tracing::warn!(connection = %id, error = %e, "failed to deliver a frame"),
+            }
+        }
+        gone
+    }
+}
+
+async fn deliver<'a, N: Notifier + ?Sized>(
+    notifier: &'a N,
+    id: &'a ConnectionId,
+    payload: &'a Payload,
+) -> (&'a ConnectionId, Result<Delivery, NotifyError>) {
+    (id, notifier.send(id, payload).await)
+}

@@ -1,0 +1,617 @@
+//! The wire format of `PROTOCOL.md`: client frames in, server frames out.
+//!
+//! A client frame is read into a [`Request`] (its `requestId` and one [`Action`] with valid
+//! fields) or refused with a [`Rejection`] that carries the coded error. Server frames are
+//! [`ServerFrame`]s, serialized once into a [`Payload`] that is shared by every recipient.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{
+    ClientMsgId, Invalid, Member, MessageId, MessageText, PageLimit, RequestId, RoomName, TextError,
+};
+use crate::ports::StoredMessage;
+
+/// The error codes of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownAction,
+    NotMember,
+    PayloadTooLarge,
+    RateLimited,
+    LimitExceeded,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownAction => "unknown_action",
+            Self::NotMember => "not_member",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A coded error with a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ChatError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ChatError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// The one message an `internal` error ever shows: nothing of the server's internals.
+    pub fn internal() -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            "the server failed to handle this request; try again",
+        )
+    }
+}
+
+impl From<Invalid> for ChatError {
+    fn from(e: Invalid) -> Self {
+        Self::bad_request(e.0)
+    }
+}
+
+/// Where a page of history starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// The newest messages before this id.
+    Before(MessageId),
+    /// The oldest messages after this id.
+    After(MessageId),
+}
+
+/// One client action with valid fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    SendMessage {
+        room: RoomName,
+        text: MessageText,
+        client_msg_id: Option<ClientMsgId>,
+    },
+    JoinRoom {
+        room: RoomName,
+        since: Option<MessageId>,
+    },
+    LeaveRoom {
+        room: RoomName,
+    },
+    History {
+        room: RoomName,
+        cursor: Cursor,
+        limit: PageLimit,
+    },
+    Members {
+        room: RoomName,
+    },
+    Typing {
+        room: RoomName,
+    },
+    Ping,
+}
+
+impl Action {
+    /// The action names, which are also the API Gateway route keys.
+    pub const NAMES: [&'static str; 7] = [
+        "sendMessage",
+        "joinRoom",
+        "leaveRoom",
+        "history",
+        "members",
+        "typing",
+        "ping",
+    ];
+
+    /// The room whose membership the action needs, if any (`joinRoom` and `ping` need none).
+    pub fn room_requiring_membership(&self) -> Option<&RoomName> {
+        match self {
+            Self::SendMessage { room, .. }
+            | Self::LeaveRoom { room }
+            | Self::History { room, .. }
+            | Self::Members { room }
+            | Self::Typing { room } => Some(room),
+            Self::JoinRoom { .. } | Self::Ping => None,
+        }
+    }
+}
+
+/// A readable client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub request_id: Option<RequestId>,
+    pub action: Action,
+}
+
+/// A client frame that was refused, with what the error frame needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Echoed only when the frame was a readable object with a valid `requestId`.
+    pub request_id: Option<RequestId>,
+    pub error: ChatError,
+}
+
+/// What arrived on the socket.
+#[derive(Debug, Clone, Copy)]
+pub enum Inbound<'a> {
+    Text(&'a str),
+    Binary,
+}
+
+/// Reads one client frame. Never panics, whatever the input.
+pub fn parse_frame(inbound: Inbound<'_>) -> Result<Request, Rejection> {
+    let reject = |request_id: Option<RequestId>, error: ChatError| Rejection { request_id, error };
+    let text = match inbound {
+        Inbound::Text(text) => text,
+        Inbound::Binary => {
+            return Err(reject(
+                None,
+                ChatError::bad_request("binary frames are not supported; send JSON text frames"),
+            ));
+        }
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        reject(
+            None,
+            ChatError::bad_request(format!("the frame is not valid JSON: {e}")),
+        )
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(reject(
+            None,
+            ChatError::bad_request("the frame must be a JSON object"),
+        ));
+    };
+    let request_id = match optional_str(&fields, "requestId") {
+        Ok(None) => None,
+        Ok(Some(s)) => Some(RequestId::parse(s).map_err(|e| reject(None, e.into()))?),
+        Err(e) => return Err(reject(None, e)),
+    };
+    parse_action(&fields)
+        .map(|action| Request {
+            request_id: request_id.clone(),
+            action,
+        })
+        .map_err(|error| reject(request_id, error))
+}
+
+/// Like API Gateway's route selection on `$request.body.action`: a missing, non-string or unknown
+/// action goes to `$default`, which answers `unknown_action`.
+pub fn route_key(fields: &Map<String, Value>) -> Option<&'static str> {
+    let action = fields.get("action")?.as_str()?;
+    Action::NAMES.iter().copied().find(|name| *name == action)
+}
+
+fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
+    let Some(action) = route_key(fields) else {
+        let message = match fields.get("action") {
+            None | Some(Value::Null) => "the frame has no action".to_owned(),
+            Some(Value::String(s)) => format!(
+                "unknown action {:?}; the actions are {}",
+                truncate(s, 64),
+                Action::NAMES.join(", ")
+            ),
+            Some(_) => "action must be a string".to_owned(),
+        };
+        return Err(ChatError::new(ErrorCode::UnknownAction, message));
+    };
+    Ok(match action {
+        "sendMessage" => {
+            let room = match optional_str(fields, "room")? {
+                Some(room) => RoomName::parse(room)?,
+                None => RoomName::lobby(),
+            };
+            let text = required_string(fields, "text")?;
+            let text = MessageText::parse(text.to_owned()).map_err(|e| match e {
+                TextError::Empty => {
+                    ChatError::bad_request("text must not be empty or only whitespace")
+                }
+                TextError::TooLong { chars } => ChatError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "text is {chars} characters long; the limit is {}",
+                        MessageText::MAX_CHARS
+                    ),
+                ),
+            })?;
+            let client_msg_id = optional_str(fields, "clientMsgId")?
+                .map(ClientMsgId::parse)
+                .transpose()?;
+            Action::SendMessage {
+                room,
+                text,
+                client_msg_id,
+            }
+        }
+        "joinRoom" => Action::JoinRoom {
+            room: required_room(fields)?,
+            since: optional_message_id(fields, "since")?,
+        },
+        "leaveRoom" => Action::LeaveRoom {
+            room: required_room(fields)?,
+        },
+        "history" => {
+            let room = required_room(fields)?;
+            let before = optional_message_id(fields, "before")?;
+            let after = optional_message_id(fields, "after")?;
+            let cursor = match (before, after) {
+                (Some(_), Some(_)) => {
+                    return Err(ChatError::bad_request("give before or after, not both"));
+                }
+                (Some(id), None) => Cursor::Before(id),
+                (None, Some(id)) => Cursor::After(id),
+                (None, None) => Cursor::Latest,
+            };
+            let limit = match fields.get("limit") {
+                None | Some(Value::Null) => PageLimit::DEFAULT,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(n) => PageLimit::parse(n)?,
+                    None => return Err(PageLimit::parse(0).unwrap_err().into()),
+                },
+                Some(_) => {
+                    return Err(ChatError::bad_request(
+                        "limit must be an integer from 1 to 100",
+                    ));
+                }
+            };
+            Action::History {
+                room,
+                cursor,
+                limit,
+            }
+        }
+        "members" => Action::Members {
+            room: required_room(fields)?,
+        },
+        "typing" => Action::Typing {
+            room: required_room(fields)?,
+        },
+        _ => Action::Ping,
+    })
+}
+
+fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// A string field that may be absent; `null` counts as absent.
+fn optional_str<'a>(
+    fields: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, ChatError> {
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ChatError::bad_request(format!("{key} must be a string"))),
+    }
+}
+
+fn required_string<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str, ChatError> {
+    optional_str(fields, key)?.ok_or_else(|| ChatError::bad_request(format!("{key} is required")))
+}
+
+fn required_room(fields: &Map<String, Value>) -> Result<RoomName, ChatError> {
+    Ok(RoomName::parse(required_string(fields, "room")?)?)
+}
+
+fn optional_message_id(
+    fields: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<MessageId>, ChatError> {
+    optional_str(fields, key)?
+        .map(|s| MessageId::parse(s).map_err(|e| ChatError::bad_request(format!("{key}: {e}"))))
+        .transpose()
+}
+
+/// A serialized server frame: valid UTF-8 JSON, cheap to clone, shared by every recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(Bytes);
+
+impl Payload {
+    pub fn from_json(json: String) -> Self {
+        Self(Bytes::from(json))
+    }
+
+    /// Serializes a frame. Our frames always serialize; should one ever fail, the client gets an
+    /// `internal` error rather than nothing.
+    pub fn encode(frame: &ServerFrame<'_>) -> Self {
+        match serde_json::to_string(frame) {
+            Ok(json) => Self::from_json(json),
+            Err(e) => {
+                tracing::error!(error = %e, "failed to serialize a server frame");
+                Self::from_json(
+                    r#"{"type":"error","code":"internal","message":"the server failed to encode a reply"}"#
+                        .to_owned(),
+                )
+            }
+        }
+    }
+
+    /// The bytes, valid UTF-8 by construction.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn to_text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerFrame<'a> {
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        id: MessageId,
+        ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<&'a ClientMsgId>,
+    },
+    Message(&'a StoredMessage),
+    Joined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        members: &'a [Member],
+        history: &'a [StoredMessage],
+        has_more: bool,
+    },
+    Left {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+    },
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        messages: &'a [StoredMessage],
+        has_more: bool,
+    },
+    Members {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        members: &'a [Member],
+    },
+    Presence {
+        room: &'a RoomName,
+        event: PresenceEvent,
+        member: &'a Member,
+    },
+    Typing {
+        room: &'a RoomName,
+        member: &'a Member,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+impl Rejection {
+    pub fn to_payload(&self) -> Payload {
+        Payload::encode(&ServerFrame::Error {
+            request_id: self.request_id.as_ref(),
+            code: self.error.code,
+            message: &self.error.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Request, Rejection> {
+        parse_frame(Inbound::Text(text))
+    }
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse(text).unwrap_err().error.code
+    }
+
+    #[test]
+    fn send_message_defaults_to_lobby() {
+        let req = parse(r#"{"action":"sendMessage","text":"hi"}"#).unwrap();
+        assert_eq!(req.request_id, None);
+        match req.action {
+            Action::SendMessage {
+                room,
+                text,
+                client_msg_id,
+            } => {
+                assert!(room.is_lobby());
+                assert_eq!(text.as_str(), "hi");
+                assert_eq!(client_msg_id, None);
+            }
+            other => panic!("unexpected action {other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_fields_count_as_absent_and_unknown_fields_are_ignored() {
+        let req = parse(
+            r#"{"action":"sendMessage","room":null,"text":"x","clientMsgId":null,"requestId":null,"extra":[1,2]}"#,
+        )
+        .unwrap();
+        assert!(matches!(req.action, Action::SendMessage { room, .. } if room.is_lobby()));
+    }
+
+    #[test]
+    fn unreadable_frames_are_bad_requests_without_request_id() {
+        for frame in [
+            "",
+            "not json",
+            "[1,2]",
+            "\"s\"",
+            "42",
+            "null",
+            "{\"action\":",
+            "{}{}",
+        ] {
+            let rejection = parse(frame).unwrap_err();
+            assert_eq!(rejection.error.code, ErrorCode::BadRequest, "{frame}");
+            assert_eq!(rejection.request_id, None);
+        }
+        let binary = parse_frame(Inbound::Binary).unwrap_err();
+        assert_eq!(binary.error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn missing_or_unknown_actions_are_unknown_action_and_echo_the_request_id() {
+        for frame in [
+            r#"{"requestId":"r1"}"#,
+            r#"{"requestId":"r1","action":null}"#,
+            r#"{"requestId":"r1","action":"fly"}"#,
+            r#"{"requestId":"r1","action":7}"#,
+            r#"{"requestId":"r1","action":"SENDMESSAGE"}"#,
+        ] {
+            let rejection = parse(frame).unwrap_err();
+            assert_eq!(rejection.error.code, ErrorCode::UnknownAction, "{frame}");
+            assert_eq!(rejection.request_id, Some(RequestId::parse("r1").unwrap()));
+        }
+    }
+
+    #[test]
+    fn an_invalid_request_id_is_a_bad_request_that_is_not_echoed() {
+        let long = "x".repeat(65);
+        let rejection = parse(&format!(r#"{{"action":"ping","requestId":"{long}"}}"#)).unwrap_err();
+        assert_eq!(rejection.error.code, ErrorCode::BadRequest);
+        assert_eq!(rejection.request_id, None);
+        let rejection = parse(r#"{"action":"ping","requestId":5}"#).unwrap_err();
+        assert_eq!(rejection.error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_or_range_are_bad_requests() {
+        for frame in [
+            r#"{"action":"sendMessage","text":5}"#,
+            r#"{"action":"sendMessage"}"#,
+            r#"{"action":"sendMessage","text":"   "}"#,
+            r#"{"action":"sendMessage","text":"x","room":"bad room"}"#,
+            r#"{"action":"sendMessage","text":"x","room":7}"#,
+            r#"{"action":"joinRoom"}"#,
+            r#"{"action":"joinRoom","room":"ok","since":"nope"}"#,
+            r#"{"action":"history","room":"r","limit":0}"#,
+            r#"{"action":"history","room":"r","limit":101}"#,
+            r#"{"action":"history","room":"r","limit":1.5}"#,
+            r#"{"action":"history","room":"r","limit":-1}"#,
+            r#"{"action":"history","room":"r","limit":"5"}"#,
+            r#"{"action":"history","room":"r","limit":1e400}"#,
+            r#"{"action":"history","room":"r","before":"0190a0b0-0000-7000-8000-000000000000","after":"0190a0b0-0000-7000-8000-000000000000"}"#,
+            r#"{"action":"members","room":""}"#,
+            r#"{"action":"typing","room":["lobby"]}"#,
+        ] {
+            assert_eq!(code_of(frame), ErrorCode::BadRequest, "{frame}");
+        }
+        let long_id = "x".repeat(65);
+        assert_eq!(
+            code_of(&format!(
+                r#"{{"action":"sendMessage","text":"x","clientMsgId":"{long_id}"}}"#
+            )),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn a_text_over_4000_characters_is_payload_too_large() {
+        let frame = format!(
+            r#"{{"action":"sendMessage","requestId":"r","text":"{}"}}"#,
+            "a".repeat(4001)
+        );
+        let rejection = parse(&frame).unwrap_err();
+        assert_eq!(rejection.error.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(rejection.request_id, Some(RequestId::parse("r").unwrap()));
+    }
+
+    #[test]
+    fn history_reads_its_cursor_and_limit() {
+        let id = MessageId::new_v7();
+        let req = parse(&format!(
+            r#"{{"action":"history","room":"r","before":"{id}","limit":10}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            req.action,
+            Action::History {
+                room: RoomName::parse("r").unwrap(),
+                cursor: Cursor::Before(id),
+                limit: PageLimit::parse(10).unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn deeply_nested_frames_are_refused_without_overflowing_the_stack() {
+        let frame = format!(
+            r#"{{"action":"ping","x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(code_of(&frame), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn server_frames_leave_absent_fields_out() {
+        let payload = Payload::encode(&ServerFrame::Pong { request_id: None });
+        assert_eq!(payload.to_text(), r#"{"type":"pong"}"#);
+        let rid = RequestId::parse("a").unwrap();
+        let payload = Payload::encode(&ServerFrame::Error {
+            request_id: Some(&rid),
+            code: ErrorCode::NotMember,
+            message: "m",
+        });
+        assert_eq!(
+            payload.to_text(),
+            r#"{"type":"error","requestId":"a","code":"not_member","message":"m"}"#
+        );
+    }
+}

@@ -1,0 +1,480 @@
+//! [`Chat`]: `$connect`, `$disconnect` and every action of the protocol, over the ports.
+//!
+//! The gateway (the local binary, or a Lambda function) calls [`Chat::connect`] on the handshake,
+//! [`Chat::handle`] for each frame, and [`Chat::disconnect`] when the socket is gone. Events for
+//! other connections go out through the [`Notifier`]; the reply to the sender is returned, so
+//! that the gateway can send it the way its platform does (a socket write locally, the route
+//! response on API Gateway).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::ChatConfig;
+use crate::domain::{ConnectionId, DisplayName, Member, RequestId, RoomName};
+use crate::ports::{
+    Appended, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, NewMessage, Notifier,
+    StoreError,
+};
+use crate::protocol::{
+    Action, ChatError, Cursor, ErrorCode, Inbound, Payload, PresenceEvent, Rejection, Request,
+    ServerFrame, parse_frame,
+};
+
+/// Who is connecting, as the gateway read it from the handshake.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectRequest {
+    /// The first `name` query parameter, decoded.
+    pub name: Option<String>,
+    /// The user id from a verified token, when authentication is on.
+    pub user_id: Option<String>,
+    /// The display name from a verified token (its `name` claim, else `sub`).
+    pub token_name: Option<String>,
+}
+
+/// Why a handshake is refused, with the HTTP status API Gateway would give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRejection {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("the server failed to accept the connection")]
+    Internal,
+}
+
+impl ConnectRejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized(_) => 401,
+            Self::TooManyConnections => 429,
+            Self::Internal => 500,
+        }
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The chat: one per process, shared by every connection.
+#[derive(Clone)]
+pub struct Chat {
+    connections: Arc<dyn ConnectionStore>,
+    messages: Arc<dyn MessageStore>,
+    notifier: Arc<dyn Notifier>,
+    config: ChatConfig,
+    clock: Clock,
+}
+
+impl Chat {
+    pub fn new(
+        connections: Arc<dyn ConnectionStore>,
+        messages: Arc<dyn MessageStore>,
+        notifier: Arc<dyn Notifier>,
+        config: ChatConfig,
+    ) -> Self {
+        Self {
+            connections,
+            messages,
+            notifier,
+            config,
+            clock: Arc::new(system_clock),
+        }
+    }
+
+    /// Replaces the clock (tests of the rate limit).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Works out who is connecting and stores the connection in `lobby`.
+    ///
+    /// The gateway must be ready to deliver frames to `connection_id` before it calls this: from
+    /// the moment the connection is in `lobby`, messages may be sent to it.
+    pub async fn connect(
+        &self,
+        connection_id: &ConnectionId,
+        request: &ConnectRequest,
+    ) -> Result<Member, ConnectRejection> {
+        let member = Self::member_for(request)?;
+        let stored = async {
+            self.connections.insert(connection_id, &member).await?;
+            self.connections
+                .join(
+                    connection_id,
+                    &RoomName::lobby(),
+                    self.config.max_rooms_per_connection,
+                )
+                .await
+        };
+        match stored.await {
+            Ok(_) => Ok(member),
+            Err(e) => {
+                tracing::error!(connection = %connection_id, error = %e, "failed to store a new connection");
+                // Best effort: leave nothing half-made behind.
+                let _ = self.connections.remove(connection_id).await;
+                Err(ConnectRejection::Internal)
+            }
+        }
+    }
+
+    fn member_for(request: &ConnectRequest) -> Result<Member, ConnectRejection> {
+        if let Some(user_id) = &request.user_id {
+            // Authenticated: the token names the user; a `name` query parameter is ignored.
+            let claimed = request.token_name.as_deref().unwrap_or(user_id);
+            let name = DisplayName::parse(claimed).map_err(|e| {
+                ConnectRejection::Unauthorized(format!("the token's name is not usable: {e}"))
+            })?;
+            return Ok(Member {
+                name,
+                user_id: Some(user_id.clone()),
+            });
+        }
+        let name = match &request.name {
+            Some(name) => {
+                DisplayName::parse(name).map_err(|e| ConnectRejection::BadRequest(e.0))?
+            }
+            None => DisplayName::guest(),
+        };
+        Ok(Member {
+            name,
+            user_id: None,
+        })
+    }
+
+    /// Removes the connection and tells the rooms it was in (but `lobby`) that it left.
+    pub async fn disconnect(&self, connection_id: &ConnectionId) {
+        let record = match self.connections.remove(connection_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(connection = %connection_id, error = %e, "failed to remove a connection");
+                return;
+            }
+        };
+        for room in record.rooms.iter().filter(|room| !room.is_lobby()) {
+            let result = self
+                .notify_room(
+                    room,
+                    None,
+                    &ServerFrame::Presence {
+                        room,
+                        event: PresenceEvent::Leave,
+                        member: &record.member,
+                    },
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(room = %room, error = %e, "failed to send a leave on disconnect");
+            }
+        }
+    }
+
+    /// Handles one frame from a connection; returns the reply to the sender, if any.
+    pub async fn handle(
+        &self,
+        connection_id: &ConnectionId,
+        inbound: Inbound<'_>,
+    ) -> Option<Payload> {
+        let request = match parse_frame(inbound) {
+            Ok(request) => request,
+            Err(rejection) => return Some(rejection.to_payload()),
+        };
+        match self.dispatch(connection_id, &request).await {
+            Ok(reply) => reply,
+            Err(error) => Some(
+                Rejection {
+                    request_id: request.request_id,
+                    error,
+                }
+                .to_payload(),
+            ),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        connection_id: &ConnectionId,
+        request: &Request,
+    ) -> Result<Option<Payload>, ChatError> {
+        let request_id = request.request_id.as_ref();
+        if let Action::Ping = request.action {
+            return Ok(Some(Payload::encode(&ServerFrame::Pong { request_id })));
+        }
+        let Some(me) = self
+            .connections
+            .get(connection_id)
+            .await
+            .map_err(internal)?
+        else {
+            tracing::warn!(connection = %connection_id, "a frame from a connection that is not stored");
+            return Err(ChatError::internal());
+        };
+        if let Some(room) = request.action.room_requiring_membership()
+            && !me.is_member_of(room)
+        {
+            return Err(ChatError::new(
+                ErrorCode::NotMember,
+                format!("you are not a member of room {room}; join it first"),
+            ));
+        }
+        match &request.action {
+            Action::SendMessage {
+                room,
+                text,
+                client_msg_id,
+            } => {
+                let new = NewMessage {
+                    room: room.clone(),
+                    sender: me.member.clone(),
+                    text: text.clone(),
+                    client_msg_id: client_msg_id.clone(),
+                };
+                self.send_message(&me, request_id, new).await.map(Some)
+            }
+            Action::JoinRoom { room, since } => self
+                .join_room(&me, request_id, room, *since)
+                .await
+                .map(Some),
+            Action::LeaveRoom { room } => self.leave_room(&me, request_id, room).await.map(Some),
+            Action::History {
+                room,
+                cursor,
+                limit,
+            } => {
+                let page = self
+                    .messages
+                    .page(room, *cursor, limit.get())
+                    .await
+                    .map_err(internal)?;
+                Ok(Some(Payload::encode(&ServerFrame::History {
+                    request_id,
+                    room,
+                    messages: &page.messages,
+                    has_more: page.has_more,
+                })))
+            }
+            Action::Members { room } => {
+                let members = self
+                    .connections
+                    .room_members(room, self.config.max_members_listed)
+                    .await
+                    .map_err(internal)?;
+                Ok(Some(Payload::encode(&ServerFrame::Members {
+                    request_id,
+                    room,
+                    members: &members,
+                })))
+            }
+            Action::Typing { room } => {
+                self.notify_room(
+                    room,
+                    Some(&me.id),
+                    &ServerFrame::Typing {
+                        room,
+                        member: &me.member,
+                    },
+                )
+                .await
+                .map_err(internal)?;
+                Ok(None)
+            }
+            Action::Ping => Ok(Some(Payload::encode(&ServerFrame::Pong { request_id }))),
+        }
+    }
+
+    async fn send_message(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        new: NewMessage,
+    ) -> Result<Payload, ChatError> {
+        // A retry of a message already stored is answered with its ack, before the rate limit:
+        // retries must not use up the allowance.
+        if let Some(client_msg_id) = &new.client_msg_id {
+            let earlier = self
+                .messages
+                .find_by_client_msg_id(&new.room, &new.sender.sender_key(), client_msg_id)
+                .await
+                .map_err(internal)?;
+            if let Some(earlier) = earlier {
+                return Ok(ack(request_id, &earlier));
+            }
+        }
+        let allowed = self
+            .connections
+            .take_send_allowance(&me.id, self.config.rate_limit, (self.clock)())
+            .await
+            .map_err(internal)?;
+        if !allowed {
+            let limit = self.config.rate_limit;
+            return Err(ChatError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many messages: the limit is a burst of {}, then {} a second; nothing was sent",
+                    limit.burst, limit.per_second
+                ),
+            ));
+        }
+        // Stored before anyone sees it: what was acknowledged is never lost.
+        let message = match self.messages.append(new).await.map_err(internal)? {
+            Appended::New(message) => message,
+            // A concurrent retry won the race: answer it like a retry.
+            Appended::Duplicate(earlier) => return Ok(ack(request_id, &earlier)),
+        };
+        // Fan-out before the ack, so that a message sent after this ack reaches every member
+        // after this one.
+        self.notify_room(&message.room, None, &ServerFrame::Message(&message))
+            .await
+            .map_err(|e| {
+                // The message is stored; a member list that cannot be read loses only live
+                // delivery, which history recovers. The sender still gets its ack.
+                tracing::error!(room = %message.room, error = %e, "fan-out failed after the message was stored");
+            })
+            .ok();
+        Ok(ack(request_id, &message))
+    }
+
+    async fn join_room(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        room: &RoomName,
+        since: Option<crate::domain::MessageId>,
+    ) -> Result<Payload, ChatError> {
+        let outcome = self
+            .connections
+            .join(&me.id, room, self.config.max_rooms_per_connection)
+            .await
+            .map_err(internal)?;
+        match outcome {
+            JoinOutcome::Joined | JoinOutcome::AlreadyMember => {}
+            JoinOutcome::LimitExceeded => {
+                return Err(ChatError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "you are in {} rooms already, the most a connection can be in; leave one first",
+                        self.config.max_rooms_per_connection
+                    ),
+                ));
+            }
+            JoinOutcome::NoConnection => return Err(ChatError::internal()),
+        }
+        let (cursor, limit) = match since {
+            Some(since) => (Cursor::After(since), self.config.recovery_history),
+            None => (Cursor::Latest, self.config.join_history),
+        };
+        let page = self
+            .messages
+            .page(room, cursor, limit)
+            .await
+            .map_err(internal)?;
+        let members = self
+            .connections
+            .room_members(room, self.config.max_members_listed)
+            .await
+            .map_err(internal)?;
+        if outcome == JoinOutcome::Joined && !room.is_lobby() {
+            self.notify_room(
+                room,
+                Some(&me.id),
+                &ServerFrame::Presence {
+                    room,
+                    event: PresenceEvent::Join,
+                    member: &me.member,
+                },
+            )
+            .await
+            .map_err(internal)?;
+        }
+        Ok(Payload::encode(&ServerFrame::Joined {
+            request_id,
+            room,
+            members: &members,
+            history: &page.messages,
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn leave_room(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        room: &RoomName,
+    ) -> Result<Payload, ChatError> {
+        let was_member = self
+            .connections
+            .leave(&me.id, room)
+            .await
+            .map_err(internal)?;
+        if was_member && !room.is_lobby() {
+            self.notify_room(
+                room,
+                None,
+                &ServerFrame::Presence {
+                    room,
+                    event: PresenceEvent::Leave,
+                    member: &me.member,
+                },
+            )
+            .await
+            .map_err(internal)?;
+        }
+        Ok(Payload::encode(&ServerFrame::Left { request_id, room }))
+    }
+
+    /// Serializes the frame once and sends it to every connection in the room (but `except`).
+    /// Connections found gone are removed.
+    async fn notify_room(
+        &self,
+        room: &RoomName,
+        except: Option<&ConnectionId>,
+        frame: &ServerFrame<'_>,
+    ) -> Result<(), StoreError> {
+        let mut recipients = self.connections.room_connections(room).await?;
+        if let Some(except) = except {
+            recipients.retain(|id| id != except);
+        }
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let payload = Payload::encode(frame);
+        let gone = self.notifier.broadcast(&recipients, &payload).await;
+        for id in gone {
+            tracing::info!(connection = %id, "removing a connection that is gone");
+            if let Err(e) = self.connections.remove(&id).await {
+                tracing::warn!(connection = %id, error = %e, "failed to remove a gone connection");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ack(request_id: Option<&RequestId>, message: &crate::ports::StoredMessage) -> Payload {
+    Payload::encode(&ServerFrame::Ack {
+        request_id,
+        room: &message.room,
+        id: message.id,
+        ts: message.ts,
+        client_msg_id: message.client_msg_id.as_ref(),
+    })
+}
+
+fn internal(e: StoreError) -> ChatError {
+    tracing::error!(error = %e, "a store failed");
+    ChatError::internal()
+}

@@ -1,0 +1,698 @@
+//! The chat core against in-memory fakes of its ports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chat_core::domain::ConnectionId;
+use chat_core::memory::{MemoryConnections, MemoryMessages, RecordingNotifier};
+use chat_core::ports::ConnectionStore;
+use chat_core::protocol::Inbound;
+use chat_core::{Chat, ChatConfig, ConnectRejection, ConnectRequest};
+use serde_json::{Value, json};
+
+struct Harness {
+    chat: Chat,
+    notifier: Arc<RecordingNotifier>,
+    connections: Arc<MemoryConnections>,
+    clock: Arc<AtomicU64>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let connections = Arc::new(MemoryConnections::new());
+        let notifier = Arc::new(RecordingNotifier::new());
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        let clock_reader = clock.clone();
+        let chat = Chat::new(
+            connections.clone(),
+            Arc::new(MemoryMessages::new()),
+            notifier.clone(),
+            ChatConfig::default(),
+        )
+        .with_clock(Arc::new(move || clock_reader.load(Ordering::SeqCst)));
+        Self {
+            chat,
+            notifier,
+            connections,
+            clock,
+        }
+    }
+
+    async fn connect(&self, name: &str) -> ConnectionId {
+        let id = ConnectionId::random();
+        self.chat
+            .connect(
+                &id,
+                &ConnectRequest {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("connect");
+        id
+    }
+
+    async fn send(&self, from: &ConnectionId, frame: Value) -> Option<Value> {
+        let text = frame.to_string();
+        self.chat
+            .handle(from, Inbound::Text(&text))
+            .await
+            .map(|payload| serde_json::from_str(&payload.to_text()).unwrap())
+    }
+
+    /// Events delivered through the notifier since the last call, per recipient.
+    fn events_for(&self, to: &ConnectionId) -> Vec<Value> {
+        self.notifier
+            .take()
+            .into_iter()
+            .filter(|(id, _)| id == to)
+            .map(|(_, text)| serde_json::from_str(&text).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_message_in_lobby_reaches_everyone_including_the_sender_and_is_acknowledged() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    let reply = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","text":"hi","requestId":"r1","clientMsgId":"c1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["type"], "ack");
+    assert_eq!(reply["requestId"], "r1");
+    assert_eq!(reply["room"], "lobby");
+    assert_eq!(reply["clientMsgId"], "c1");
+    let sent = h.notifier.take();
+    let recipients: Vec<_> = sent.iter().map(|(id, _)| id.clone()).collect();
+    assert!(recipients.contains(&ada) && recipients.contains(&bob));
+    let event: Value = serde_json::from_str(&sent[0].1).unwrap();
+    assert_eq!(event["type"], "message");
+    assert_eq!(event["id"], reply["id"]);
+    assert_eq!(event["ts"], reply["ts"]);
+    assert_eq!(event["text"], "hi");
+    assert_eq!(event["sender"], json!({"name":"ada"}));
+    assert_eq!(event["clientMsgId"], "c1");
+}
+
+#[tokio::test]
+async fn the_ack_id_is_a_uuid_v7_and_ts_is_its_time() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let ack = h
+        .send(&ada, json!({"action":"sendMessage","text":"x"}))
+        .await
+        .unwrap();
+    let id = uuid::Uuid::parse_str(ack["id"].as_str().unwrap()).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+    assert_eq!(
+        ack["ts"].as_u64().unwrap(),
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    );
+    assert!(
+        ack.get("clientMsgId").is_none(),
+        "absent fields are left out"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_client_msg_id_gets_the_same_ack_and_is_not_sent_again() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let frame = json!({"action":"sendMessage","text":"once","clientMsgId":"c1"});
+    let first = h.send(&ada, frame.clone()).await.unwrap();
+    h.notifier.take();
+    // A new connection of the same person (a reconnect) retries.
+    h.chat.disconnect(&ada).await;
+    let ada2 = h.connect("ada").await;
+    let retry = h.send(&ada2, frame).await.unwrap();
+    assert_eq!(retry["id"], first["id"]);
+    assert_eq!(retry["ts"], first["ts"]);
+    assert!(h.notifier.take().is_empty(), "a retry is not fanned out");
+    let history = h
+        .send(&ada2, json!({"action":"history","room":"lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_client_msg_id_from_another_sender_or_room_is_a_new_message() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    let a = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","text":"1","clientMsgId":"c"}),
+        )
+        .await
+        .unwrap();
+    let b = h
+        .send(
+            &bob,
+            json!({"action":"sendMessage","text":"2","clientMsgId":"c"}),
+        )
+        .await
+        .unwrap();
+    let c = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","room":"r","text":"3","clientMsgId":"c"}),
+        )
+        .await
+        .unwrap();
+    assert_ne!(a["id"], b["id"]);
+    assert_ne!(a["id"], c["id"]);
+}
+
+#[tokio::test]
+async fn room_events_reach_only_members() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    let eve = h.connect("eve").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"secret"}))
+        .await;
+    h.send(&bob, json!({"action":"joinRoom","room":"secret"}))
+        .await;
+    h.notifier.take();
+    h.send(
+        &ada,
+        json!({"action":"sendMessage","room":"secret","text":"psst"}),
+    )
+    .await;
+    h.send(&ada, json!({"action":"typing","room":"secret"}))
+        .await;
+    let sent = h.notifier.take();
+    assert!(sent.iter().all(|(to, _)| to != &eve), "eve saw {sent:?}");
+    assert!(sent.iter().any(|(to, _)| to == &bob));
+}
+
+#[tokio::test]
+async fn joining_sends_presence_to_the_others_and_answers_members_and_history() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    h.send(
+        &ada,
+        json!({"action":"sendMessage","room":"r","text":"before bob"}),
+    )
+    .await;
+    h.notifier.take();
+    let joined = h
+        .send(
+            &bob,
+            json!({"action":"joinRoom","room":"r","requestId":"j"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["requestId"], "j");
+    assert_eq!(joined["members"], json!([{"name":"ada"},{"name":"bob"}]));
+    assert_eq!(joined["history"][0]["text"], "before bob");
+    assert!(joined["history"][0].get("type").is_none());
+    assert_eq!(joined["hasMore"], false);
+    let to_ada = h.events_for(&ada);
+    assert_eq!(
+        to_ada,
+        vec![json!({"type":"presence","room":"r","event":"join","member":{"name":"bob"}})]
+    );
+}
+
+#[tokio::test]
+async fn joining_a_room_twice_answers_joined_again_without_presence() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    h.send(&bob, json!({"action":"joinRoom","room":"r"})).await;
+    h.notifier.take();
+    let again = h
+        .send(&bob, json!({"action":"joinRoom","room":"r"}))
+        .await
+        .unwrap();
+    assert_eq!(again["type"], "joined");
+    assert!(h.notifier.take().is_empty());
+}
+
+#[tokio::test]
+async fn lobby_has_no_presence_events() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    h.send(&bob, json!({"action":"leaveRoom","room":"lobby"}))
+        .await;
+    h.send(&bob, json!({"action":"joinRoom","room":"lobby"}))
+        .await;
+    h.chat.disconnect(&bob).await;
+    assert!(h.events_for(&ada).is_empty());
+}
+
+#[tokio::test]
+async fn leaving_tells_the_remaining_members_and_ends_membership() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    h.send(&bob, json!({"action":"joinRoom","room":"r"})).await;
+    h.notifier.take();
+    let left = h
+        .send(
+            &bob,
+            json!({"action":"leaveRoom","room":"r","requestId":"l"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left, json!({"type":"left","requestId":"l","room":"r"}));
+    assert_eq!(
+        h.events_for(&ada),
+        vec![json!({"type":"presence","room":"r","event":"leave","member":{"name":"bob"}})]
+    );
+    let again = h
+        .send(&bob, json!({"action":"leaveRoom","room":"r"}))
+        .await
+        .unwrap();
+    assert_eq!(again["code"], "not_member");
+}
+
+#[tokio::test]
+async fn a_disconnect_sends_leave_to_each_room_but_lobby() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    for room in ["r1", "r2"] {
+        h.send(&ada, json!({"action":"joinRoom","room":room})).await;
+        h.send(&bob, json!({"action":"joinRoom","room":room})).await;
+    }
+    h.notifier.take();
+    h.chat.disconnect(&bob).await;
+    let events = h.events_for(&ada);
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"] == "leave" && e["room"] != "lobby")
+    );
+    assert!(h.connections.get(&bob).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn actions_on_a_room_need_membership() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    for frame in [
+        json!({"action":"sendMessage","room":"other","text":"x","requestId":"q"}),
+        json!({"action":"history","room":"other","requestId":"q"}),
+        json!({"action":"members","room":"other","requestId":"q"}),
+        json!({"action":"typing","room":"other","requestId":"q"}),
+        json!({"action":"leaveRoom","room":"other","requestId":"q"}),
+    ] {
+        let reply = h.send(&ada, frame.clone()).await.unwrap();
+        assert_eq!(reply["code"], "not_member", "{frame}");
+        assert_eq!(reply["requestId"], "q");
+    }
+}
+
+#[tokio::test]
+async fn field_errors_come_before_membership_and_membership_before_the_rate_limit() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let long = "x".repeat(4001);
+    let reply = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","room":"other","text":long}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["code"], "payload_too_large");
+    for i in 0..20 {
+        h.send(&ada, json!({"action":"sendMessage","text":format!("{i}")}))
+            .await;
+    }
+    let reply = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","room":"other","text":"x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply["code"], "not_member");
+}
+
+#[tokio::test]
+async fn the_rate_limit_allows_a_burst_of_20_then_10_a_second_and_stores_nothing_past_it() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    for i in 0..20 {
+        let ack = h
+            .send(&ada, json!({"action":"sendMessage","text":format!("{i}")}))
+            .await
+            .unwrap();
+        assert_eq!(ack["type"], "ack", "message {i}");
+    }
+    h.notifier.take();
+    let refused = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","text":"21st","requestId":"r"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused["code"], "rate_limited");
+    assert_eq!(refused["requestId"], "r");
+    assert!(
+        h.notifier.take().is_empty(),
+        "nothing is sent past the limit"
+    );
+    h.clock.fetch_add(100, Ordering::SeqCst);
+    let ack = h
+        .send(&ada, json!({"action":"sendMessage","text":"later"}))
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack");
+    let history = h
+        .send(&ada, json!({"action":"history","room":"lobby","limit":100}))
+        .await
+        .unwrap();
+    let texts: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts.len(), 21);
+    assert!(!texts.contains(&json!("21st")));
+}
+
+#[tokio::test]
+async fn a_retry_is_answered_even_when_the_allowance_is_used_up() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let first = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","text":"x","clientMsgId":"keep"}),
+        )
+        .await
+        .unwrap();
+    for i in 0..19 {
+        h.send(&ada, json!({"action":"sendMessage","text":format!("{i}")}))
+            .await;
+    }
+    let retry = h
+        .send(
+            &ada,
+            json!({"action":"sendMessage","text":"x","clientMsgId":"keep"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retry["type"], "ack");
+    assert_eq!(retry["id"], first["id"]);
+}
+
+#[tokio::test]
+async fn history_pages_backwards_with_before_and_forwards_with_after() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        h.clock.fetch_add(1000, Ordering::SeqCst);
+        let ack = h
+            .send(&ada, json!({"action":"sendMessage","text":format!("m{i}")}))
+            .await
+            .unwrap();
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    let latest = h
+        .send(&ada, json!({"action":"history","room":"lobby","limit":10}))
+        .await
+        .unwrap();
+    let texts = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        texts(&latest, "messages"),
+        (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(latest["hasMore"], true);
+    let older = h
+        .send(
+            &ada,
+            json!({"action":"history","room":"lobby","limit":10,"before":ids[15]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&older, "messages"),
+        (5..15).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(older["hasMore"], true);
+    let oldest = h
+        .send(
+            &ada,
+            json!({"action":"history","room":"lobby","limit":10,"before":ids[5]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&oldest, "messages").len(), 5);
+    assert_eq!(oldest["hasMore"], false);
+    let after = h
+        .send(
+            &ada,
+            json!({"action":"history","room":"lobby","limit":20,"after":ids[9]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(texts(&after, "messages").first().unwrap(), "m10");
+    assert_eq!(texts(&after, "messages").len(), 15);
+    assert_eq!(after["hasMore"], false);
+}
+
+#[tokio::test]
+async fn joining_with_since_recovers_the_first_100_messages_after_it() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    let first = h
+        .send(&ada, json!({"action":"sendMessage","text":"seen"}))
+        .await
+        .unwrap();
+    for i in 0..120 {
+        h.clock.fetch_add(1000, Ordering::SeqCst);
+        h.send(
+            &ada,
+            json!({"action":"sendMessage","text":format!("missed {i}")}),
+        )
+        .await;
+    }
+    let joined = h
+        .send(
+            &bob,
+            json!({"action":"joinRoom","room":"lobby","since":first["id"]}),
+        )
+        .await
+        .unwrap();
+    let history = joined["history"].as_array().unwrap();
+    assert_eq!(history.len(), 100);
+    assert_eq!(history[0]["text"], "missed 0");
+    assert_eq!(joined["hasMore"], true);
+    let plain = h
+        .send(&bob, json!({"action":"joinRoom","room":"lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(plain["history"].as_array().unwrap().len(), 50);
+    assert_eq!(plain["history"][49]["text"], "missed 119");
+}
+
+#[tokio::test]
+async fn a_connection_can_be_in_at_most_50_rooms_lobby_included() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    for i in 0..49 {
+        let reply = h
+            .send(&ada, json!({"action":"joinRoom","room":format!("r{i}")}))
+            .await
+            .unwrap();
+        assert_eq!(reply["type"], "joined");
+    }
+    let refused = h
+        .send(&ada, json!({"action":"joinRoom","room":"one-more"}))
+        .await
+        .unwrap();
+    assert_eq!(refused["code"], "limit_exceeded");
+    let again = h
+        .send(&ada, json!({"action":"joinRoom","room":"r3"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        again["type"], "joined",
+        "re-joining a room it is in is fine"
+    );
+}
+
+#[tokio::test]
+async fn members_lists_each_person_once() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    h.connect("ada").await;
+    h.connect("bob").await;
+    let reply = h
+        .send(
+            &ada,
+            json!({"action":"members","room":"lobby","requestId":"m"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        json!({"type":"members","requestId":"m","room":"lobby","members":[{"name":"ada"},{"name":"bob"}]})
+    );
+}
+
+#[tokio::test]
+async fn typing_reaches_the_others_but_not_the_typist_and_has_no_reply() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let bob = h.connect("bob").await;
+    assert!(
+        h.send(&ada, json!({"action":"typing","room":"lobby"}))
+            .await
+            .is_none()
+    );
+    let sent = h.notifier.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, bob);
+    assert_eq!(
+        serde_json::from_str::<Value>(&sent[0].1).unwrap(),
+        json!({"type":"typing","room":"lobby","member":{"name":"ada"}})
+    );
+}
+
+#[tokio::test]
+async fn ping_answers_pong() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    assert_eq!(
+        h.send(&ada, json!({"action":"ping","requestId":"p"}))
+            .await
+            .unwrap(),
+        json!({"type":"pong","requestId":"p"})
+    );
+    assert_eq!(
+        h.send(&ada, json!({"action":"ping"})).await.unwrap(),
+        json!({"type":"pong"})
+    );
+}
+
+#[tokio::test]
+async fn a_connection_found_gone_during_fan_out_is_removed() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let ghost = h.connect("ghost").await;
+    h.notifier.mark_gone(&ghost);
+    let ack = h
+        .send(&ada, json!({"action":"sendMessage","text":"x"}))
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack");
+    assert!(h.connections.get(&ghost).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn connect_refuses_invalid_names_and_names_guests() {
+    let h = Harness::new();
+    let id = ConnectionId::random();
+    for bad in ["", "   ", "a\u{7}", &"x".repeat(33)] {
+        let result = h
+            .chat
+            .connect(
+                &id,
+                &ConnectRequest {
+                    name: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(
+            matches!(result, Err(ConnectRejection::BadRequest(_))),
+            "{bad:?}"
+        );
+        assert_eq!(result.unwrap_err().status(), 400);
+    }
+    assert!(
+        h.connections.is_empty(),
+        "a refused connection is not stored"
+    );
+    let guest = h
+        .chat
+        .connect(&id, &ConnectRequest::default())
+        .await
+        .unwrap();
+    assert!(guest.name.as_str().starts_with("guest-"));
+}
+
+#[tokio::test]
+async fn an_authenticated_connection_takes_its_name_from_the_token() {
+    let h = Harness::new();
+    let id = ConnectionId::random();
+    let member = h
+        .chat
+        .connect(
+            &id,
+            &ConnectRequest {
+                name: Some("ignored".into()),
+                user_id: Some("u-1".into()),
+                token_name: Some("Ada".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(member.name.as_str(), "Ada");
+    let ack = h
+        .send(&id, json!({"action":"sendMessage","text":"x"}))
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack");
+    let event: Value = serde_json::from_str(&h.notifier.take()[0].1).unwrap();
+    assert_eq!(event["sender"], json!({"name":"Ada","userId":"u-1"}));
+}
+
+#[tokio::test]
+async fn bad_frames_get_coded_errors() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let reply = |text: &'static str| {
+        let chat = h.chat.clone();
+        let ada = ada.clone();
+        async move {
+            let payload = chat.handle(&ada, Inbound::Text(text)).await.unwrap();
+            serde_json::from_str::<Value>(&payload.to_text()).unwrap()
+        }
+    };
+    assert_eq!(reply("nope").await["code"], "bad_request");
+    assert_eq!(
+        reply(r#"{"requestId":"x","action":"dance"}"#).await["code"],
+        "unknown_action"
+    );
+    assert_eq!(
+        reply(r#"{"requestId":"x","action":"dance"}"#).await["requestId"],
+        "x"
+    );
+    let binary = h.chat.handle(&ada, Inbound::Binary).await.unwrap();
+    assert!(binary.to_text().contains("bad_request"));
+}
