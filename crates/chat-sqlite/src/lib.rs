@@ -1,1 +1,334 @@
-//! placeholder
+//! The local binary's message store: one SQLite file in WAL mode.
+//!
+//! Every acknowledged message is durable: `append` returns only after the transaction holding
+//! it is committed with `synchronous = FULL`, so neither a crash nor a power cut loses it.
+//! To keep that affordable, writes go through one writer thread that commits whatever has queued
+//! up in one transaction (group commit): under load, one fsync serves many messages; alone, a
+//! message waits for its own. Reads use a second connection, which WAL lets run beside the writer.
+//!
+//! The writer also gives each message its id, so ids are in the order messages are stored.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chat_core::domain::{ClientMsgId, DisplayName, Member, MessageId, RoomName};
+use chat_core::ports::{
+    Appended, MessageStore, NewMessage, Page, StoreError, StoreResult, StoredMessage,
+};
+use chat_core::protocol::Cursor;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
+
+/// The most appends committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    room           TEXT NOT NULL,
+    id             TEXT NOT NULL,   -- UUID v7, lowercase: sorts by time
+    ts             INTEGER NOT NULL,
+    sender_name    TEXT NOT NULL,
+    sender_user_id TEXT,
+    sender_key     TEXT NOT NULL,   -- who a clientMsgId belongs to
+    text           TEXT NOT NULL,
+    client_msg_id  TEXT,
+    PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_msg_id
+    ON messages (room, sender_key, client_msg_id) WHERE client_msg_id IS NOT NULL;
+PRAGMA user_version = 1;
+";
+
+const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id";
+
+struct AppendRequest {
+    message: NewMessage,
+    reply: oneshot::Sender<StoreResult<Appended>>,
+}
+
+/// Messages in SQLite. Call [`SqliteMessages::close`] on shutdown to flush and checkpoint.
+pub struct SqliteMessages {
+    /// The writer thread's queue; `None` once closed.
+    writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Reads are short; one connection behind a lock, used from blocking threads, suffices.
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(e)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteMessages {
+    /// Opens (or creates) the database file and its schema.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                store_error(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let writer_conn = open_connection(path)
+            .and_then(|conn| conn.execute_batch(SCHEMA).map(|()| conn))
+            .map_err(|e| store_error(format!("cannot open {}: {e}", path.display())))?;
+        let reader = open_connection(path).map_err(store_error)?;
+        let (tx, rx) = mpsc::channel();
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(writer_conn, rx))
+            .map_err(store_error)?;
+        Ok(Self {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// Finishes the queued writes, checkpoints the WAL into the main file and stops the writer.
+    /// Appends after this fail.
+    pub fn close(&self) {
+        drop(
+            self.writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)
+    }
+}
+
+impl Drop for SqliteMessages {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<AppendRequest>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch);
+    }
+    // The queue is closed: shutting down.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "WAL checkpoint on close failed");
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<AppendRequest>) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin a transaction");
+            for request in batch {
+                let _ = request.reply.send(Err(store_error(&e)));
+            }
+            return;
+        }
+    };
+    let results: Vec<_> = batch
+        .into_iter()
+        .map(|request| {
+            let result = append_in(&tx, request.message);
+            (request.reply, result)
+        })
+        .collect();
+    match tx.commit() {
+        Ok(()) => {
+            for (reply, result) in results {
+                // The caller may have gone away (its connection closed); the message is stored.
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            for (reply, _) in results {
+                let _ = reply.send(Err(store_error(&e)));
+            }
+        }
+    }
+}
+
+fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult<Appended> {
+    let sender_key = message.sender.sender_key();
+    if let Some(client_msg_id) = &message.client_msg_id
+        && let Some(earlier) = find_by_client_msg_id(
+            tx,
+            message.room.as_str(),
+            &sender_key,
+            client_msg_id.as_str(),
+        )
+        .map_err(store_error)?
+    {
+        return Ok(Appended::Duplicate(earlier));
+    }
+    let stored = StoredMessage::stamp(message);
+    tx.prepare_cached(
+        "INSERT INTO messages (room, id, ts, sender_name, sender_user_id, sender_key, text, client_msg_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut insert| {
+        insert.execute(params![
+            stored.room.as_str(),
+            stored.id.to_string(),
+            stored.ts as i64,
+            stored.sender.name.as_str(),
+            stored.sender.user_id,
+            sender_key,
+            stored.text,
+            stored.client_msg_id.as_ref().map(ClientMsgId::as_str),
+        ])
+    })
+    .map_err(store_error)?;
+    Ok(Appended::New(stored))
+}
+
+fn find_by_client_msg_id(
+    conn: &Connection,
+    room: &str,
+    sender_key: &str,
+    client_msg_id: &str,
+) -> rusqlite::Result<Option<StoredMessage>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND sender_key = ?2 AND client_msg_id = ?3"
+    ))?
+    .query_row(params![room, sender_key, client_msg_id], read_message)
+    .optional()
+}
+
+/// Reads a row back into a message. Rows were valid when written; a row that no longer parses
+/// means the file was edited by hand, and is reported as a conversion error.
+fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    fn bad(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    }
+    let room: String = row.get(0)?;
+    let id: String = row.get(1)?;
+    let ts: i64 = row.get(2)?;
+    let name: String = row.get(3)?;
+    let client_msg_id: Option<String> = row.get(6)?;
+    Ok(StoredMessage {
+        room: RoomName::parse(&room).map_err(|e| bad(0, e))?,
+        id: MessageId::parse(&id).map_err(|e| bad(1, e))?,
+        ts: u64::try_from(ts).unwrap_or_default(),
+        sender: Member {
+            name: DisplayName::parse(&name).map_err(|e| bad(3, e))?,
+            user_id: row.get(4)?,
+        },
+        text: row.get(5)?,
+        client_msg_id: client_msg_id
+            .map(|s| ClientMsgId::parse(&s))
+            .transpose()
+            .map_err(|e| bad(6, e))?,
+    })
+}
+
+#[async_trait]
+impl MessageStore for SqliteMessages {
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let writer = writer
+                .as_ref()
+                .ok_or_else(|| store_error("the message store is closed"))?;
+            writer
+                .send(AppendRequest { message, reply })
+                .map_err(|_| store_error("the message store writer has stopped"))?;
+        }
+        answer
+            .await
+            .map_err(|_| store_error("the message store writer has stopped"))?
+    }
+
+    async fn find_by_client_msg_id(
+        &self,
+        room: &RoomName,
+        sender_key: &str,
+        client_msg_id: &ClientMsgId,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let (room, sender_key, client_msg_id) = (
+            room.as_str().to_owned(),
+            sender_key.to_owned(),
+            client_msg_id.as_str().to_owned(),
+        );
+        self.read(move |conn| find_by_client_msg_id(conn, &room, &sender_key, &client_msg_id))
+            .await
+    }
+
+    async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
+        let room = room.as_str().to_owned();
+        self.read(move |conn| {
+            // One row past the page tells whether there is more.
+            let fetch = (limit + 1) as i64;
+            let (sql, position) = match cursor {
+                Cursor::Latest => ("WHERE room = ?1 ORDER BY id DESC LIMIT ?2", None),
+                Cursor::Before(id) => (
+                    "WHERE room = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2",
+                    Some(id),
+                ),
+                Cursor::After(id) => (
+                    "WHERE room = ?1 AND id > ?3 ORDER BY id ASC LIMIT ?2",
+                    Some(id),
+                ),
+            };
+            let mut statement =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM messages {sql}"))?;
+            let rows = match position {
+                None => statement.query_map(params![room, fetch], read_message)?,
+                Some(id) => {
+                    statement.query_map(params![room, fetch, id.to_string()], read_message)?
+                }
+            };
+            let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            if !matches!(cursor, Cursor::After(_)) {
+                messages.reverse();
+            }
+            Ok(Page { messages, has_more })
+        })
+        .await
+    }
+}
