@@ -229,7 +229,7 @@
   function newRoom(name) {
     const timeline = el('div', {
       class: 'timeline', role: 'log', 'aria-label': `Messages in ${name}`, tabindex: '0',
-      'data-testid': 'timeline', dataset: { room: name },
+      'data-testid': 'timeline', dataset: { room: name, joined: 'false' },
     });
     const top = el('div', { class: 'history-start', 'data-testid': 'history-start' });
     const items = el('div', { class: 'items', 'data-testid': 'items' });
@@ -372,6 +372,7 @@
     state.requests.clear();
     for (const room of state.rooms.values()) {
       room.joined = false;
+      room.dom.timeline.dataset.joined = 'false';
       room.loadingOlder = false;
       room.catchingUp = false;
       for (const t of room.typing.values()) clearTimeout(t.timer);
@@ -489,6 +490,7 @@
       room = addRoom(f.room);
     }
     room.joined = true;
+    room.dom.timeline.dataset.joined = 'true';
     setMembers(room, f.members);
     const history = Array.isArray(f.history) ? f.history : [];
     const since = req && req.since;
@@ -1441,6 +1443,8 @@
       if (state) handleFrame(frame);
     },
     get online() { return isOpen(); },
+    /** Reconnect attempts since the connection was last open. */
+    get attempts() { return state ? state.attempt : 0; },
     get pendingCount() { return state ? state.pending.size : 0; },
   };
 

@@ -1,1 +1,90 @@
-fn main() {}
+//! `chat`: the real-time chat back end on one machine.
+
+use std::io::Write;
+
+use anyhow::Context;
+use chat_local::Settings;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "chat",
+    version,
+    about = "Real-time chat over WebSockets: API Gateway's WebSocket API, emulated locally, with an embedded store",
+    long_about = "Real-time chat over WebSockets.\n\n\
+        `chat serve` runs the chat on this machine: WebSockets at ws://ADDR/STAGE (the same \
+        protocol as the AWS deployment), the management API at http://ADDR/STAGE/@connections/ID \
+        (loopback clients only), and the web client at http://ADDR/.\n\n\
+        Every flag can also be set from the environment (shown as [env: ...]), or from a .env \
+        file in the working directory; flags win over the environment, which wins over .env. \
+        Logs go to stderr; RUST_LOG sets their level (e.g. RUST_LOG=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat server.
+    Serve(Settings),
+}
+
+fn main() -> anyhow::Result<()> {
+    // Real environment variables win over .env: dotenvy never overwrites one that is set.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(settings) => runtime.block_on(serve(settings)),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let stage = settings.stage.clone();
+    let shutdown = CancellationToken::new();
+    let server = chat_local::serve(settings, shutdown.clone())
+        .await
+        .context("cannot start the server")?;
+    let addr = server.local_addr;
+    // Tests and scripts read this line to find the port when given port 0.
+    println!("chat listening on http://{addr}/ (WebSocket: ws://{addr}/{stage})");
+    std::io::stdout().flush()?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    server.wait().await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

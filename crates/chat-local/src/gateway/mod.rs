@@ -1,0 +1,222 @@
+//! The local gateway: API Gateway's WebSocket API, emulated on one port.
+//!
+//! - `GET /{stage}` with an upgrade: the WebSocket. `$connect` runs before the handshake
+//!   completes and can refuse it with a status (400, 401, 429), as on AWS.
+//! - `/{stage}/@connections/{id}`: the management API ([`management`]).
+//! - `/`: the web client.
+//!
+//! [`serve`] binds, starts, and returns a [`Server`] with its address; shutting it down closes
+//! every connection with 1001, waits for their `$disconnect`, and flushes the store.
+
+pub mod management;
+pub mod registry;
+mod socket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chat_core::domain::ConnectionId;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{Backend, Embedded, Handshake};
+use crate::config::Settings;
+use registry::{Registry, now_ms};
+
+/// API Gateway's limits on what a client sends.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// How long shutdown waits for connections to finish their `$disconnect`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<dyn Backend>,
+    pub registry: Arc<Registry>,
+    pub settings: Arc<Settings>,
+    /// Cancelled when the server stops: every connection closes with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so that shutdown can wait for their `$disconnect`.
+    pub connections: TaskTracker,
+}
+
+/// A running server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    /// The live connections (tests read connection ids from it, as a back end would from
+    /// `$connect`).
+    pub registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Asks the server to stop; [`Server::wait`] returns once it has.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+
+    /// The WebSocket URL of the server.
+    pub fn ws_url(&self, stage: &str) -> String {
+        format!("ws://{}/{stage}", self.local_addr)
+    }
+}
+
+/// Binds `settings.addr`, opens the embedded store, and serves until `shutdown` is cancelled.
+pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
+    let registry = Arc::new(Registry::new(settings.max_connections, settings.send_queue));
+    let backend = Arc::new(Embedded::open(&settings, registry.clone())?);
+    serve_with(settings, backend, registry, shutdown).await
+}
+
+/// Like [`serve`], with any backend (the Lambda mode brings its own).
+pub async fn serve_with(
+    settings: Settings,
+    backend: Arc<dyn Backend>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
+    let listener = TcpListener::bind(settings.addr).await?;
+    let local_addr = listener.local_addr()?;
+    let state = AppState {
+        backend,
+        registry: registry.clone(),
+        settings: Arc::new(settings),
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+    };
+    let task = tokio::spawn(run(listener, state));
+    Ok(Server {
+        local_addr,
+        registry,
+        shutdown,
+        task,
+    })
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/{stage}", get(websocket))
+        .route(
+            "/{stage}/@connections/{connection_id}",
+            get(management::get)
+                .post(management::post)
+                .delete(management::delete),
+        )
+        .merge(crate::web::routes())
+        // Room for a posted message over the limit, so that the handler can answer 413 itself.
+        .layer(DefaultBodyLimit::max(management::MAX_POST_BYTES + 1))
+        .with_state(state)
+}
+
+async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Chat frames are small and latency matters more than packet count.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let shutdown = state.shutdown.clone();
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    // New connections are refused now; close the live ones and let them say goodbye.
+    state
+        .registry
+        .close_all(registry::close_code::GOING_AWAY, "server shutting down");
+    state.connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    state.backend.shutdown().await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// A refused handshake, as API Gateway answers it.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "message": message }))).into_response()
+}
+
+/// The handshake: `$connect`, then the upgrade.
+async fn websocket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(stage): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if stage != state.settings.stage {
+        return refuse(StatusCode::FORBIDDEN, "Forbidden");
+    }
+    if state.shutdown.is_cancelled() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let connection_id = ConnectionId::random();
+    // Registered before `$connect`, so that frames sent to it from then on wait in its queue.
+    let Ok((handle, queue)) =
+        state
+            .registry
+            .register(connection_id.clone(), peer.ip(), user_agent.clone())
+    else {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections");
+    };
+    let handshake = Handshake {
+        connection_id: connection_id.clone(),
+        query: form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect(),
+        source_ip: peer.ip(),
+        user_agent,
+        connected_at_ms: now_ms(),
+    };
+    if let Err(refusal) = state.backend.connect(&handshake).await {
+        state.registry.remove(&connection_id);
+        let status =
+            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return refuse(status, &refusal.message);
+    }
+    let failed_state = state.clone();
+    let failed_id = connection_id.clone();
+    let tracker = state.connections.clone();
+    upgrade
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        // Most frames are small; a large one grows the buffer for as long as it needs.
+        .read_buffer_size(4 * 1024)
+        .on_failed_upgrade(move |e| {
+            tracing::debug!(error = %e, "upgrade failed after $connect");
+            failed_state.registry.remove(&failed_id);
+            let backend = failed_state.backend.clone();
+            tokio::spawn(async move { backend.disconnect(&failed_id).await });
+        })
+        .on_upgrade(move |socket| tracker.track_future(socket::run(socket, state, handle, queue)))
+}

@@ -1,0 +1,172 @@
+//! One WebSocket connection after the handshake: a reader task and a writer task.
+//!
+//! The reader applies API Gateway's rules (idle timeout, lifetime, frame and message limits)
+//! and hands each frame to the backend; the writer drains the connection's bounded queue.
+//! Both are written over `Stream`/`Sink`, so any socket type works.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Error as AxumError;
+use axum::extract::ws::{CloseFrame, Message};
+use chat_core::protocol::Inbound;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::AppState;
+use super::registry::{ConnectionHandle, Outbound, close_code};
+
+/// Frames the writer sends before it flushes; batching writes saves syscalls under load.
+const WRITE_BATCH: usize = 64;
+/// How long a close frame may take to go out before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the connection until it ends, then runs `$disconnect`.
+pub async fn run<S>(
+    socket: S,
+    state: AppState,
+    handle: Arc<ConnectionHandle>,
+    queue: mpsc::Receiver<Outbound>,
+) where
+    S: Stream<Item = Result<Message, AxumError>>
+        + Sink<Message, Error = AxumError>
+        + Send
+        + 'static,
+{
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, queue, handle.clone()));
+    read_loop(stream, &state, &handle).await;
+    // Whatever ended the reader, the writer must end too.
+    handle.close(close_code::NORMAL, "");
+    // `$disconnect` before leaving the registry: until then, frames for this connection are
+    // dropped quietly rather than reported gone, so that its rooms hear its `leave`.
+    state.backend.disconnect(&handle.id).await;
+    state.registry.remove(&handle.id);
+    let _ = writer.await;
+    tracing::debug!(connection = %handle.id, "connection closed");
+}
+
+async fn read_loop<S>(mut stream: S, state: &AppState, handle: &ConnectionHandle)
+where
+    S: Stream<Item = Result<Message, AxumError>> + Unpin,
+{
+    let settings = &state.settings;
+    let end_of_life = Instant::now() + settings.max_lifetime;
+    loop {
+        let next = tokio::select! {
+            () = handle.closing().cancelled() => return,
+            () = state.shutdown.cancelled() => {
+                handle.close(close_code::GOING_AWAY, "server shutting down");
+                return;
+            }
+            () = sleep_until(end_of_life) => {
+                handle.close(close_code::GOING_AWAY, "connection lifetime exceeded");
+                return;
+            }
+            next = timeout(settings.idle_timeout, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_elapsed) => {
+                handle.close(close_code::GOING_AWAY, "idle timeout");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                close_for_read_error(handle, e);
+                return;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        handle.touch();
+        let inbound = match &message {
+            Message::Text(text) => Inbound::Text(text.as_str()),
+            Message::Binary(_) => Inbound::Binary,
+            // tungstenite answers pings itself; a ping or pong only keeps the connection alive.
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return,
+        };
+        if let Some(reply) = state.backend.message(&handle.id, inbound).await {
+            match axum::extract::ws::Utf8Bytes::try_from(reply.bytes().clone()) {
+                Ok(text) => {
+                    handle.push(Outbound::Text(text));
+                }
+                Err(e) => tracing::error!(error = %e, "a reply is not UTF-8"),
+            }
+        }
+    }
+}
+
+/// A read error ends the connection; the close code says why, as API Gateway and RFC 6455 do.
+fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
+    use tungstenite::error::{CapacityError, Error};
+    match error.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+            handle.close(close_code::TOO_BIG, "frame or message too big")
+        }
+        Ok(Error::Utf8(_)) => {
+            handle.close(close_code::INVALID_PAYLOAD, "invalid UTF-8 in a text frame")
+        }
+        Ok(Error::Protocol(e)) => {
+            tracing::debug!(connection = %handle.id, error = %e, "protocol error");
+            handle.close(1002, "protocol error")
+        }
+        Ok(e) => tracing::debug!(connection = %handle.id, error = %e, "read error"),
+        Err(e) => tracing::debug!(connection = %handle.id, error = %e, "read error"),
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: S,
+    mut queue: mpsc::Receiver<Outbound>,
+    handle: Arc<ConnectionHandle>,
+) where
+    S: Sink<Message, Error = AxumError> + Unpin,
+{
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = handle.closing().cancelled() => break,
+            frame = queue.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        let write = async {
+            sink.feed(to_message(first)).await?;
+            for _ in 1..WRITE_BATCH {
+                match queue.try_recv() {
+                    Ok(frame) => sink.feed(to_message(frame)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        // A client that stops reading blocks the write; closing must not wait for it.
+        let written = tokio::select! {
+            biased;
+            () = handle.closing().cancelled() => break,
+            written = write => written,
+        };
+        if written.is_err() {
+            // The socket is broken: make the reader stop too.
+            handle.close(close_code::GOING_AWAY, "");
+            return;
+        }
+    }
+    if let Some((code, reason)) = handle.close_frame() {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = timeout(CLOSE_GRACE, sink.send(frame)).await;
+    }
+    let _ = timeout(CLOSE_GRACE, sink.close()).await;
+}
+
+fn to_message(frame: Outbound) -> Message {
+    match frame {
+        Outbound::Text(text) => Message::Text(text),
+        Outbound::Binary(bytes) => Message::Binary(bytes),
+    }
+}

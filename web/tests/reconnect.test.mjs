@@ -1,0 +1,124 @@
+// Browser tests: the server restarts under an open page.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import {
+  startServer, launchBrowser, Session, seed, roomTexts, waitForText, sendViaUi, joinViaUi, switchTo,
+  waitOnline, waitJoined, serverHistory, count, timelineSel, WS_CONNECT_FAILED,
+} from './helpers.mjs';
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+const offline = (page) => page.locator('[data-testid=connection-status][data-state=offline]').waitFor();
+
+test('server restart: the page says it is offline, reconnects, shows what it missed once, and sends what was typed offline once', { timeout: 300_000 }, async () => {
+  let server = await startServer();
+  const { port, dataDir } = server;
+  const s = new Session(browser, server);
+  try {
+    const alice = await s.openChat('alice');
+    const bob = await s.openChat('bob');
+    await joinViaUi(alice, 'ops');
+    await joinViaUi(bob, 'ops');
+    await switchTo(alice, 'lobby');
+    await sendViaUi(alice, 'before restart, lobby');
+    await waitForText(bob, 'lobby', 'before restart, lobby');
+    await sendViaUi(bob, 'before restart, ops');
+    await waitForText(alice, 'ops', 'before restart, ops');
+
+    // --- First restart: alice stays away until others have talked. -----------------------------
+    await server.stop();
+    await offline(alice);
+    const banner = alice.locator('[data-testid=connection-banner]');
+    await banner.waitFor();
+    assert.match(await banner.textContent(), /offline/i);
+    // It keeps trying on its own (with backoff) while the server is down.
+    await alice.waitForFunction(() => window.chatDebug.attempts >= 3, null, { timeout: 60_000 });
+    // Hold alice's next attempt so that messages are sent while she is away.
+    await alice.evaluate(() => window.chatDebug.pauseReconnect(true));
+    await bob.evaluate(() => window.chatDebug.pauseReconnect(true));
+
+    // Typed while offline: shown as sending…, not sent.
+    await sendViaUi(alice, 'typed while offline');
+    const pending = alice.locator('[data-testid=pending-message]').filter({ hasText: 'typed while offline' });
+    await pending.waitFor();
+    assert.match(await pending.locator('[data-testid=pending-status]').textContent(), /sending…/);
+
+    server = await startServer({ port, dataDir });
+    s.server = server;
+    // 110 messages while alice is away: more than one page of recovery (100), so the client has
+    // to fetch the rest with `after`.
+    const missed = Array.from({ length: 110 }, (_, i) => `missed ${String(i).padStart(3, '0')}`);
+    const seeder = await s.newPage();
+    await seeder.goto(server.url);
+    await seed(seeder, server.wsUrl, 'lobby', missed, 'carol');
+    await seed(seeder, server.wsUrl, 'ops', ['missed in ops'], 'carol');
+
+    await alice.evaluate(() => window.chatDebug.pauseReconnect(false));
+    await bob.evaluate(() => window.chatDebug.pauseReconnect(false));
+    await waitOnline(alice);
+    await waitOnline(bob);
+    await banner.waitFor({ state: 'hidden' });
+    await waitForText(alice, 'lobby', 'missed 109');
+    await waitForText(alice, 'lobby', 'typed while offline');
+    await pending.waitFor({ state: 'detached' });
+    await waitForText(bob, 'lobby', 'typed while offline');
+    // ops was not in view: its missed message counts as unread.
+    const opsBadge = alice.locator('[data-testid=room-button][data-room="ops"] [data-testid=unread]');
+    await opsBadge.waitFor();
+    assert.equal(await opsBadge.textContent(), '1');
+    await switchTo(alice, 'ops');
+    await waitForText(alice, 'ops', 'missed in ops');
+    await switchTo(alice, 'lobby');
+
+    // Everything exactly once, in order.
+    const shown = await roomTexts(alice, 'lobby');
+    for (const t of [...missed, 'before restart, lobby', 'typed while offline']) {
+      assert.equal(count(shown, t), 1, `"${t}" shown once (shown ${count(shown, t)} times)`);
+    }
+    assert.deepEqual(shown.filter((t) => t.startsWith('missed ')), missed);
+    assert.equal(shown.at(-1), 'typed while offline');
+    assert.deepEqual(await roomTexts(alice, 'ops'), ['before restart, ops', 'missed in ops']);
+    const onBob = await roomTexts(bob, 'lobby');
+    assert.equal(count(onBob, 'typed while offline'), 1);
+    assert.equal(count(onBob, 'missed 000'), 1);
+    assert.equal(await alice.locator('[data-testid=pending-message]').count(), 0);
+    const stored = (await serverHistory(seeder, server.wsUrl, 'lobby')).map((m) => m.text);
+    assert.equal(count(stored, 'typed while offline'), 1, 'stored once on the server');
+
+    // Still a working chat.
+    await sendViaUi(bob, 'bob after the restart');
+    await waitForText(alice, 'lobby', 'bob after the restart');
+
+    // --- Second restart: nothing held, the page finds the server again by itself. --------------
+    await server.stop();
+    await offline(alice);
+    await sendViaUi(alice, 'typed during the second outage');
+    server = await startServer({ port, dataDir });
+    s.server = server;
+    await waitOnline(alice, 60_000);
+    await waitJoined(alice, 'lobby', 60_000);
+    await waitForText(bob, 'lobby', 'typed during the second outage', 60_000);
+    await waitForText(alice, 'lobby', 'typed during the second outage', 60_000);
+    await alice.locator('[data-testid=pending-message]').first().waitFor({ state: 'detached' });
+    await sendViaUi(bob, 'and once more');
+    await waitForText(alice, 'lobby', 'and once more');
+    const final = await roomTexts(alice, 'lobby');
+    assert.equal(count(final, 'typed during the second outage'), 1);
+    assert.equal(count(final, 'typed while offline'), 1);
+    assert.equal(new Set(final).size, final.length, 'no duplicates at all');
+    assert.equal(await alice.locator(`${timelineSel('lobby')} [data-testid=message]`).count(), final.length);
+
+    // Chromium itself logs each WebSocket that could not connect while the server was down;
+    // that is the browser's report, not an error of the page. Nothing else is allowed.
+    await s.finish({ allow: [WS_CONNECT_FAILED] });
+  } catch (e) {
+    await s.close();
+    throw e;
+  } finally {
+    await server.stop();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+});
