@@ -37,32 +37,47 @@ fn gone() -> Response {
     aws_error(StatusCode::GONE, "GoneException", "the connection is gone")
 }
 
+/// Why a management call cannot reach its connection.
+enum Unreachable {
+    NotLoopback,
+    NoSuchStage,
+    Gone,
+}
+
+impl IntoResponse for Unreachable {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotLoopback => aws_error(
+                StatusCode::FORBIDDEN,
+                "ForbiddenException",
+                "the management API answers loopback clients only",
+            ),
+            Self::NoSuchStage => {
+                aws_error(StatusCode::NOT_FOUND, "NotFoundException", "no such stage")
+            }
+            Self::Gone => gone(),
+        }
+    }
+}
+
 /// The connection, if it is live, the caller may manage it, and the stage is right.
 fn live_connection(
     state: &AppState,
     peer: SocketAddr,
     stage: &str,
     connection_id: String,
-) -> Result<std::sync::Arc<ConnectionHandle>, Response> {
+) -> Result<std::sync::Arc<ConnectionHandle>, Unreachable> {
     if !peer.ip().is_loopback() {
-        return Err(aws_error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            "the management API answers loopback clients only",
-        ));
+        return Err(Unreachable::NotLoopback);
     }
     if stage != state.settings.stage {
-        return Err(aws_error(
-            StatusCode::NOT_FOUND,
-            "NotFoundException",
-            "no such stage",
-        ));
+        return Err(Unreachable::NoSuchStage);
     }
     state
         .registry
         .get(&ConnectionId::new(connection_id))
         .filter(|handle| !handle.is_closing())
-        .ok_or_else(gone)
+        .ok_or(Unreachable::Gone)
 }
 
 pub async fn post(
@@ -73,7 +88,7 @@ pub async fn post(
 ) -> Response {
     let handle = match live_connection(&state, peer, &stage, connection_id) {
         Ok(handle) => handle,
-        Err(response) => return response,
+        Err(unreachable) => return unreachable.into_response(),
     };
     if body.len() > MAX_POST_BYTES {
         return aws_error(
@@ -101,7 +116,7 @@ pub async fn get(
 ) -> Response {
     let handle = match live_connection(&state, peer, &stage, connection_id) {
         Ok(handle) => handle,
-        Err(response) => return response,
+        Err(unreachable) => return unreachable.into_response(),
     };
     let mut identity = json!({ "sourceIp": handle.source_ip.to_string() });
     if let Some(user_agent) = &handle.user_agent {
@@ -125,7 +140,7 @@ pub async fn delete(
             handle.close(close_code::NORMAL, "closed by the server");
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(response) => response,
+        Err(unreachable) => unreachable.into_response(),
     }
 }
 

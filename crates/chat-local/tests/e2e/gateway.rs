@@ -1,0 +1,321 @@
+//! API Gateway's behaviour: handshakes, limits, timeouts, the management API, slow consumers,
+//! shutdown and restart.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, TestServer, http, urlencode};
+
+#[tokio::test]
+async fn bad_names_are_refused_at_the_handshake_with_400() {
+    let server = TestServer::start().await;
+    for name in ["", "   ", "a\u{7}b", "zero\u{200b}width", &"n".repeat(33)] {
+        let url = format!("{}?name={}", server.url(), urlencode(name));
+        assert_eq!(Client::refused_status(&url).await, 400, "{name:?}");
+    }
+    assert!(
+        server.connection_ids().is_empty(),
+        "refused handshakes leave nothing behind"
+    );
+    // 32 characters of any script is fine.
+    let _ok = Client::connect(&format!(
+        "{}?name={}",
+        server.url(),
+        urlencode(&"é".repeat(32))
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_stage_is_refused_with_403() {
+    let server = TestServer::start().await;
+    let url = format!("ws://{}/prod", server.addr);
+    assert_eq!(Client::refused_status(&url).await, 403);
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_with_429() {
+    let server = TestServer::start_with(|s| s.max_connections = 2).await;
+    let _a = server.client("a").await;
+    let b = server.client("b").await;
+    assert_eq!(Client::refused_status(&server.url()).await, 429);
+    drop(b);
+    // Once one leaves, there is room again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.connection_ids().len() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _c = server.client("c").await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_1001() {
+    let server = TestServer::start_with(|s| s.idle_timeout = Duration::from_millis(400)).await;
+    let mut ada = server.client("ada").await;
+    let close = ada.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+}
+
+#[tokio::test]
+async fn frames_and_websocket_pings_keep_a_connection_open() {
+    let server = TestServer::start_with(|s| s.idle_timeout = Duration::from_millis(600)).await;
+    let mut ada = server.client("ada").await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if i % 2 == 0 {
+            ada.send_raw(Message::Ping(b"hi".to_vec().into())).await;
+        } else {
+            assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
+        }
+    }
+    assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_with_1001_at_the_end_of_its_lifetime() {
+    let server = TestServer::start_with(|s| s.max_lifetime = Duration::from_millis(500)).await;
+    let mut ada = server.client("ada").await;
+    // Activity does not extend the lifetime.
+    for _ in 0..3 {
+        ada.request(json!({"action":"ping"})).await;
+    }
+    let close = ada.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+}
+
+/// The connection id of the only connection of `name`, found as a back end would from `$connect`.
+async fn only_connection(server: &TestServer) -> String {
+    let ids = server.connection_ids();
+    assert_eq!(ids.len(), 1);
+    ids[0].as_str().to_owned()
+}
+
+#[tokio::test]
+async fn the_management_api_posts_describes_and_deletes_a_connection() {
+    let server = TestServer::start().await;
+    let mut ada = server.client("ada").await;
+    let id = only_connection(&server).await;
+    let path = format!("/dev/@connections/{}", urlencode(&id));
+
+    let posted = http(
+        server.addr,
+        "POST",
+        &path,
+        br#"{"type":"notice","text":"from the back end"}"#,
+    )
+    .await;
+    assert_eq!(posted.status, 200);
+    assert_eq!(
+        ada.recv().await,
+        json!({"type":"notice","text":"from the back end"})
+    );
+
+    let described = http(server.addr, "GET", &path, b"").await;
+    assert_eq!(described.status, 200);
+    let info: Value = serde_json::from_str(&described.body).unwrap();
+    assert_eq!(info["identity"]["sourceIp"], "127.0.0.1");
+    for key in ["connectedAt", "lastActiveAt"] {
+        let at = info[key].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(at).is_ok(), "{key} {at}");
+    }
+
+    let deleted = http(server.addr, "DELETE", &path, b"").await;
+    assert_eq!(deleted.status, 204);
+    let close = ada.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1000);
+
+    for method in ["POST", "GET", "DELETE"] {
+        let gone = http(server.addr, method, &path, b"{}").await;
+        assert_eq!(gone.status, 410, "{method} after close");
+        assert!(gone.body.contains("GoneException"));
+        assert!(gone.headers.contains("x-amzn-errortype: goneexception"));
+    }
+}
+
+#[tokio::test]
+async fn the_management_api_answers_410_for_an_unknown_connection() {
+    let server = TestServer::start().await;
+    let gone = http(
+        server.addr,
+        "POST",
+        "/dev/@connections/bm90aGVyZQ%3D",
+        b"hi",
+    )
+    .await;
+    assert_eq!(gone.status, 410);
+    let body: Value = serde_json::from_str(&gone.body).unwrap();
+    assert_eq!(body["__type"], "GoneException");
+}
+
+#[tokio::test]
+async fn a_posted_message_over_128_kib_is_refused() {
+    let server = TestServer::start().await;
+    let _ada = server.client("ada").await;
+    let id = only_connection(&server).await;
+    let big = vec![b'x'; 128 * 1024 + 1];
+    let refused = http(
+        server.addr,
+        "POST",
+        &format!("/dev/@connections/{}", urlencode(&id)),
+        &big,
+    )
+    .await;
+    assert_eq!(refused.status, 413);
+}
+
+#[tokio::test]
+async fn a_presence_leave_follows_a_management_delete() {
+    let server = TestServer::start().await;
+    let mut ada = server.client("ada").await;
+    ada.join("r").await;
+    let ids_before = server.connection_ids();
+    let mut bob = server.client("bob").await;
+    bob.join("r").await;
+    ada.recv_type("presence").await;
+    let bob_id = server
+        .connection_ids()
+        .into_iter()
+        .find(|id| !ids_before.contains(id))
+        .unwrap();
+    let deleted = http(
+        server.addr,
+        "DELETE",
+        &format!("/dev/@connections/{}", urlencode(bob_id.as_str())),
+        b"",
+    )
+    .await;
+    assert_eq!(deleted.status, 204);
+    let presence = ada.recv_type("presence").await;
+    assert_eq!(presence["event"], "leave");
+    assert_eq!(presence["member"]["name"], "bob");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_and_the_others_keep_receiving() {
+    let server = TestServer::start_with(|s| {
+        s.send_queue = 16;
+        s.rate_burst = 1_000_000;
+        s.rate_per_second = 1_000_000;
+    })
+    .await;
+    let slow = server.client("slow").await; // never reads
+    let mut ada = server.client("ada").await;
+    let mut bob = server.client("bob").await;
+    let big = "y".repeat(3900);
+    // Enough to fill the slow client's socket buffers and then its queue.
+    let mut slow_gone = false;
+    for i in 0..3000 {
+        ada.send(json!({"action":"sendMessage","text":format!("{i} {big}")}))
+            .await;
+        if i % 50 == 49 {
+            // Keep the readers reading so that only `slow` falls behind.
+            while let Ok(Some(_)) = tokio::time::timeout(
+                Duration::from_millis(1),
+                futures_util::StreamExt::next(&mut bob.ws),
+            )
+            .await
+            {}
+            while let Ok(Some(_)) = tokio::time::timeout(
+                Duration::from_millis(1),
+                futures_util::StreamExt::next(&mut ada.ws),
+            )
+            .await
+            {}
+            if server.connection_ids().len() == 2 {
+                slow_gone = true;
+                break;
+            }
+        }
+    }
+    assert!(slow_gone, "the slow consumer was not disconnected");
+    drop(slow);
+    // The others are unaffected.
+    let ack = ada
+        .request(json!({"action":"sendMessage","text":"still here","clientMsgId":"end"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    loop {
+        let frame = bob.recv().await;
+        if frame["clientMsgId"] == "end" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001_and_keeps_the_messages() {
+    let mut server = TestServer::start().await;
+    let mut ada = server.client("ada").await;
+    ada.say("lobby", "before shutdown").await;
+    let settings = server.settings.clone();
+    let stop = async { server.stop().await };
+    let close = async { ada.expect_close().await };
+    let ((), close) = tokio::join!(stop, close);
+    assert_eq!(u16::from(close.expect("a close frame").code), 1001);
+    let restarted = TestServer::start_on(settings).await;
+    let mut bob = restarted.client("bob").await;
+    let history = bob
+        .request(json!({"action":"history","room":"lobby"}))
+        .await;
+    assert_eq!(history["messages"][0]["text"], "before shutdown");
+}
+
+#[tokio::test]
+async fn a_restart_on_the_same_data_directory_keeps_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = chat_local::Settings::for_tests(dir.path().to_path_buf());
+    let mut first = TestServer::start_on(settings.clone()).await;
+    let mut ada = first.client("ada").await;
+    ada.join("kept").await;
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let ack = ada
+            .request(json!({"action":"sendMessage","room":"kept","text":format!("m{i}"),"clientMsgId":format!("k{i}")}))
+            .await;
+        assert_eq!(ack["type"], "ack");
+        acks.push(ack);
+    }
+    first.stop().await;
+    // Same port too, as a browser reconnecting to the same URL would need.
+    settings.addr = first.addr;
+    let second = TestServer::start_on(settings).await;
+    let mut ada = second.client("ada").await;
+    let joined = ada
+        .request(json!({"action":"joinRoom","room":"kept","since":acks[1]["id"]}))
+        .await;
+    let texts: Vec<_> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("m2"), json!("m3"), json!("m4")]);
+    // A retry of a message sent before the restart is still recognised.
+    let retry = ada
+        .request(json!({"action":"sendMessage","room":"kept","text":"m4","clientMsgId":"k4"}))
+        .await;
+    assert_eq!(
+        (&retry["id"], &retry["ts"]),
+        (&acks[4]["id"], &acks[4]["ts"])
+    );
+}
+
+#[tokio::test]
+async fn the_web_client_is_served_at_the_root() {
+    let server = TestServer::start().await;
+    let index = http(server.addr, "GET", "/", b"").await;
+    assert_eq!(index.status, 200);
+    assert!(index.headers.contains("content-type: text/html"));
+    assert!(index.body.contains("/app.js"));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let asset = http(server.addr, "GET", path, b"").await;
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(asset.headers.contains(kind), "{path}");
+    }
+}

@@ -1,0 +1,8 @@
+//! End to end: the `chat` server on 127.0.0.1:0, real WebSocket clients over real sockets.
+//!
+//! One test binary with shared helpers, to save link time.
+
+mod actions;
+mod bad_input;
+mod gateway;
+mod support;

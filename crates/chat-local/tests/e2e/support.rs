@@ -1,0 +1,242 @@
+//! Shared helpers: a server on 127.0.0.1:0, a WebSocket client, a tiny HTTP client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_local::Settings;
+use chat_local::gateway::Server;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for a frame that must come.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a test listens for a frame that must not come.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::for_tests(dir.path().to_path_buf());
+        adjust(&mut settings);
+        let mut this = Self::start_on(settings).await;
+        this._dir = Some(dir);
+        this
+    }
+
+    /// Starts on exactly these settings (a restart reuses the address and data directory).
+    pub async fn start_on(settings: Settings) -> Self {
+        let server = chat_local::serve(settings.clone(), CancellationToken::new())
+            .await
+            .expect("server starts");
+        Self {
+            addr: server.local_addr,
+            server: Some(server),
+            settings,
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/{}", self.addr, self.settings.stage)
+    }
+
+    /// Stops the server and waits until it has flushed and closed.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.wait().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn connection_ids(&self) -> Vec<chat_core::domain::ConnectionId> {
+        self.server.as_ref().expect("running").registry.ids()
+    }
+
+    /// A client connected with this display name (and so a member of `lobby`).
+    pub async fn client(&self, name: &str) -> Client {
+        Client::connect(&format!("{}?name={}", self.url(), urlencode(name))).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_request: u64,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _response) = connect_async(url).await.expect("handshake accepted");
+        Self {
+            ws,
+            next_request: 0,
+        }
+    }
+
+    /// The HTTP status of a refused handshake.
+    pub async fn refused_status(url: &str) -> u16 {
+        match connect_async(url).await {
+            Ok(_) => panic!("handshake to {url} was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(e) => panic!("handshake failed without a status: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next data frame, as JSON.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame within the patience")
+                .expect("connection open")
+                .expect("frame readable");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Skips frames until one of this type.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends the frame with a fresh `requestId` and returns the reply that echoes it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        self.next_request += 1;
+        let request_id = format!("req-{}", self.next_request);
+        frame["requestId"] = json!(request_id);
+        self.send(frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["requestId"] == request_id.as_str() {
+                return reply;
+            }
+        }
+    }
+
+    /// Asserts that no data frame arrives for a while.
+    pub async fn expect_silence(&mut self) {
+        let deadline = tokio::time::Instant::now() + QUIET;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns its close frame.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the server closes within the patience");
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => return None,
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let joined = self.request(json!({"action":"joinRoom","room":room})).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        joined
+    }
+
+    pub async fn say(&mut self, room: &str, text: &str) -> Value {
+        let ack = self
+            .request(json!({"action":"sendMessage","room":room,"text":text}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    }
+}
+
+/// An HTTP response, as far as the tests look at it.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    HttpResponse {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
