@@ -378,16 +378,24 @@ impl Chat {
             Some(since) => (Cursor::After(since), self.config.recovery_history),
             None => (Cursor::Latest, self.config.join_history),
         };
-        let page = self
-            .messages
-            .page(room, cursor, limit)
-            .await
-            .map_err(internal)?;
-        let members = self
-            .connections
-            .room_members(room, self.config.max_members_listed)
-            .await
-            .map_err(internal)?;
+        let read = async {
+            let page = self.messages.page(room, cursor, limit).await?;
+            let members = self
+                .connections
+                .room_members(room, self.config.max_members_listed)
+                .await?;
+            Ok::<_, StoreError>((page, members))
+        };
+        let (page, members) = match read.await {
+            Ok(read) => read,
+            Err(e) => {
+                // Undo a fresh join, so that a retry joins again and tells the room.
+                if outcome == JoinOutcome::Joined {
+                    let _ = self.connections.leave(&me.id, room).await;
+                }
+                return Err(internal(e));
+            }
+        };
         if outcome == JoinOutcome::Joined && !room.is_lobby() {
             self.notify_room(
                 room,

@@ -696,3 +696,96 @@ async fn bad_frames_get_coded_errors() {
     let binary = h.chat.handle(&ada, Inbound::Binary).await.unwrap();
     assert!(binary.to_text().contains("bad_request"));
 }
+
+/// A message store that fails every call, as a broken disk or a throttled table would.
+struct FailingMessages;
+
+#[async_trait::async_trait]
+impl chat_core::ports::MessageStore for FailingMessages {
+    async fn append(
+        &self,
+        _: chat_core::ports::NewMessage,
+    ) -> chat_core::ports::StoreResult<chat_core::ports::Appended> {
+        Err(chat_core::ports::StoreError::new(
+            "disk on fire at /var/secret/path",
+        ))
+    }
+    async fn find_by_client_msg_id(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &str,
+        _: &chat_core::domain::ClientMsgId,
+    ) -> chat_core::ports::StoreResult<Option<chat_core::ports::StoredMessage>> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+    async fn page(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: chat_core::protocol::Cursor,
+        _: usize,
+    ) -> chat_core::ports::StoreResult<chat_core::ports::Page> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_answers_internal_shows_nothing_to_others_and_keeps_serving() {
+    let connections = Arc::new(MemoryConnections::new());
+    let notifier = Arc::new(RecordingNotifier::new());
+    let chat = Chat::new(
+        connections,
+        Arc::new(FailingMessages),
+        notifier.clone(),
+        ChatConfig::default(),
+    );
+    let ada = ConnectionId::random();
+    let bob = ConnectionId::random();
+    for (id, name) in [(&ada, "ada"), (&bob, "bob")] {
+        chat.connect(
+            id,
+            &ConnectRequest {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    for frame in [
+        json!({"action":"sendMessage","text":"lost?","requestId":"s"}),
+        json!({"action":"sendMessage","text":"lost?","clientMsgId":"c","requestId":"s"}),
+        json!({"action":"history","room":"lobby","requestId":"s"}),
+        json!({"action":"joinRoom","room":"r","requestId":"s"}),
+    ] {
+        let text = frame.to_string();
+        let reply = chat
+            .handle(&ada, Inbound::Text(&text))
+            .await
+            .unwrap()
+            .to_text();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["code"], "internal", "{frame}");
+        assert_eq!(reply["requestId"], "s");
+        assert!(
+            !reply["message"].as_str().unwrap().contains("/var/secret"),
+            "no internals shown"
+        );
+    }
+    assert!(
+        notifier.take().is_empty(),
+        "nothing half-written reached the room"
+    );
+    let members = chat
+        .handle(&ada, Inbound::Text(r#"{"action":"members","room":"r"}"#))
+        .await
+        .unwrap();
+    assert!(
+        members.to_text().contains("not_member"),
+        "a failed join is undone"
+    );
+    let pong = chat
+        .handle(&ada, Inbound::Text(r#"{"action":"ping"}"#))
+        .await
+        .unwrap();
+    assert!(pong.to_text().contains("pong"), "it keeps serving");
+}

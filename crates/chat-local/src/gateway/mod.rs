@@ -9,6 +9,7 @@
 //! every connection with 1001, waits for their `$disconnect`, and flushes the store.
 
 pub mod management;
+mod query;
 pub mod registry;
 mod socket;
 
@@ -176,6 +177,13 @@ async fn websocket(
             "the server is shutting down",
         );
     }
+    let raw_query = query.unwrap_or_default();
+    if query::first_is_not_utf8(&raw_query, "name") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid name: it is not valid UTF-8",
+        );
+    }
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -191,9 +199,7 @@ async fn websocket(
     };
     let handshake = Handshake {
         connection_id: connection_id.clone(),
-        query: form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .into_owned()
-            .collect(),
+        query: query::pairs(&raw_query),
         source_ip: peer.ip(),
         user_agent,
         connected_at_ms: now_ms(),

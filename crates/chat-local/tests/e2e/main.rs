@@ -4,5 +4,6 @@
 
 mod actions;
 mod bad_input;
+mod binary;
 mod gateway;
 mod support;
