@@ -18,6 +18,7 @@
 
   const LOBBY = 'lobby';
   const MAX_TEXT = 4000;
+  const MAX_FRAME_BYTES = 32 * 1024; // a bigger frame makes the server close the connection (1009)
   const PAGE = 50; // history page size when scrolling up
   const CATCHUP_PAGE = 100; // history page size when catching up after a reconnect
   const TYPING_SEND_EVERY = 2000;
@@ -344,19 +345,21 @@
       // A close event always follows; handled there.
     };
 
-    ws.onclose = (ev) => {
-      if (ws !== state.socket) return;
-      const wasOpen = state.opened;
-      state.socket = null;
-      state.opened = false;
-      stopKeepAlive();
-      onDisconnected();
-      if (!wasOpen && !state.everConnected) {
-        failBeforeConnected('Could not connect to the server. Check the server address, your name and your token, then try again.');
-        return;
-      }
-      scheduleReconnect(wasOpen ? describeClose(ev) : 'Could not connect to the server.');
-    };
+    ws.onclose = (ev) => onSocketClosed(ws, ev);
+  }
+
+  function onSocketClosed(ws, ev) {
+    if (ws !== state.socket) return;
+    const wasOpen = state.opened;
+    state.socket = null;
+    state.opened = false;
+    stopKeepAlive();
+    onDisconnected();
+    if (!wasOpen && !state.everConnected) {
+      failBeforeConnected('Could not connect to the server. Check the server address, your name and your token, then try again.');
+      return;
+    }
+    scheduleReconnect(wasOpen ? describeClose(ev) : 'Could not connect to the server.');
   }
 
   function describeClose(ev) {
@@ -428,7 +431,11 @@
       const ws = state.socket;
       state.pongTimer = setTimeout(() => {
         // No answer: the connection is dead without having said so (sleep, network change).
-        if (ws === state.socket) ws.close();
+        // Closing it cleanly could wait long for the other side: give it up now.
+        if (ws !== state.socket) return;
+        ws.onclose = null;
+        try { ws.close(); } catch { /* already closing */ }
+        onSocketClosed(ws, { code: 1006 });
       }, PONG_WITHIN);
     }, PING_EVERY);
   }
@@ -960,9 +967,12 @@
   }
 
   function hue(name) {
-    let h = 0;
-    for (const ch of name || '') h = (h * 31 + ch.codePointAt(0)) % 360;
-    return h;
+    let h = 2166136261; // FNV-1a, so that similar names get different colours
+    for (const ch of name || '') {
+      h ^= ch.codePointAt(0);
+      h = Math.imul(h, 16777619);
+    }
+    return ((h >>> 0) % 24) * 15;
   }
 
   function paintHues(root) {
@@ -1080,6 +1090,19 @@
   }
 
   function transmit(p) {
+    const frameBytes = new TextEncoder().encode(JSON.stringify({
+      action: 'sendMessage', room: p.room, text: p.text, clientMsgId: p.cid, requestId: 'r0000000-0000000',
+    })).length;
+    if (frameBytes > MAX_FRAME_BYTES) {
+      // Sending it would only get the connection closed (and retried, and closed again).
+      const words = describeError('payload_too_large', { action: 'sendMessage', text: p.text, room: p.room });
+      p.state = 'failed';
+      p.error = words;
+      p.code = 'payload_too_large';
+      renderPendingState(p);
+      toast(words, 'payload_too_large');
+      return;
+    }
     const requestId = send('sendMessage', { room: p.room, text: p.text, clientMsgId: p.cid }, { clientMsgId: p.cid });
     if (requestId) {
       p.state = 'sent';
@@ -1244,7 +1267,7 @@
       if (room && room.name === LOBBY && room.joined && document.visibilityState === 'visible') {
         send('members', { room: LOBBY });
       }
-    }, 30000);
+    }, 15000);
     $('message-input').focus();
   }
 
@@ -1381,7 +1404,11 @@
     });
     $('rooms-toggle').addEventListener('click', () => toggleDrawer('sidebar-open', $('rooms-toggle')));
     $('sidebar-close').addEventListener('click', closeDrawers);
-    $('members-toggle').addEventListener('click', () => toggleDrawer('members-open', $('members-toggle')));
+    $('members-toggle').addEventListener('click', () => {
+      toggleDrawer('members-open', $('members-toggle'));
+      const room = currentRoom();
+      if (room && room.joined && document.body.classList.contains('members-open')) send('members', { room: room.name });
+    });
     $('members-close').addEventListener('click', closeDrawers);
     $('scrim').addEventListener('click', closeDrawers);
     $('jump-latest').addEventListener('click', () => {
@@ -1399,19 +1426,30 @@
         $('message-input').focus();
       }
     });
-    window.addEventListener('online', () => {
-      if (state && !state.stopped && !state.socket) {
+    document.addEventListener('visibilitychange', () => {
+      // Back to a page that was in the background (phones freeze timers): retry at once.
+      if (document.visibilityState === 'visible' && state && !state.stopped && !state.socket && !state.holdReconnect) {
         state.attempt = 0;
         reconnectNow();
       }
     });
-    window.addEventListener('resize', () => {
+    window.addEventListener('online', () => {
+      if (state && !state.stopped && !state.socket && !state.holdReconnect) {
+        state.attempt = 0;
+        reconnectNow();
+      }
+    });
+    // The view shrinks when the composer grows, the keyboard opens or the window changes: keep
+    // the newest message in sight when it was.
+    const keepBottom = () => {
       const room = currentRoom();
       if (room) {
         if (room.atBottom) scrollToBottom(room);
         fillViewport(room);
       }
-    });
+    };
+    if (typeof ResizeObserver === 'function') new ResizeObserver(keepBottom).observe($('timelines'));
+    else window.addEventListener('resize', keepBottom);
   }
 
   // Hooks for the browser tests. They only reach what a person could cause anyway.

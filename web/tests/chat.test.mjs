@@ -81,10 +81,10 @@ test('two people chat in lobby and in a second room; a third person sees nothing
     // Messages in lobby still flow while side-room is in view elsewhere.
     await sendViaUi(alice, 'back to everyone'); // alice is in side-room: goes there
     await switchTo(alice, 'lobby');
-    await sendViaUi(alice, 'lobby marker after side-room traffic');
+    await sendViaUi(alice, 'lobby marker after the other traffic');
     // alice's messages reach every member in the order sent: once carol has the marker, she would
     // already have had every side-room message if she were a member.
-    await waitForText(carol, 'lobby', 'lobby marker after side-room traffic');
+    await waitForText(carol, 'lobby', 'lobby marker after the other traffic');
     const carolText = await carol.locator('body').innerText();
     const carolAll = await carol.evaluate(() => document.body.textContent);
     for (const t of ['secret plans', 'bob agrees', 'ping while bob', 'back to everyone', 'side-room']) {
@@ -94,7 +94,7 @@ test('two people chat in lobby and in a second room; a third person sees nothing
     assert.equal(await carol.locator(timelineSel('side-room')).count(), 0);
     assert.deepEqual(await roomTexts(carol, 'lobby'), [
       'earlier one', 'earlier two', 'earlier three', 'hello from alice', 'hi alice, bob here',
-      'lobby marker after side-room traffic',
+      'lobby marker after the other traffic',
     ]);
 
     // Leaving a room removes it from the list.
@@ -211,8 +211,9 @@ test('presence, join and leave notices, and a typing indicator that goes away by
 
 test('message text and names are shown as text, never run as HTML', { timeout: 180_000 }, async () => {
   await withChat(async (s) => {
-    const alice = await s.openChat('alice');
+    // mallory first: lobby has no presence events, so alice's member list already holds her.
     const mallory = await s.openChat('<b>mallory</b>');
+    const alice = await s.openChat('alice');
     const attack = '<img src=x onerror="window.__pwned=1">';
     await sendViaUi(mallory, attack);
     await waitForText(alice, 'lobby', attack);
@@ -238,5 +239,45 @@ test('message text and names are shown as text, never run as HTML', { timeout: 1
     assert.equal(count(await roomTexts(alice, 'lobby'), attack), 1);
     await alice.locator('[data-testid=member-list] [data-testid=member]').filter({ hasText: '<b>mallory</b>' }).first().waitFor();
     assert.equal(await alice.evaluate(() => window.__pwned), undefined);
+  });
+});
+
+test('on a phone the rooms list folds away behind a button, and nothing overflows sideways', { timeout: 180_000 }, async () => {
+  await withChat(async (s) => {
+    const phone = { width: 390, height: 844 };
+    const alice = await s.openChat('alice', { viewport: phone });
+    const bob = await s.openChat('bob');
+    await joinViaUi(bob, 'mobile');
+    const inView = (loc) => loc.evaluate((e) => {
+      const r = e.getBoundingClientRect();
+      return r.right > 0 && r.left < window.innerWidth && r.width > 0;
+    });
+    const sidebar = alice.locator('[data-testid=sidebar]');
+    assert.equal(await inView(sidebar), false, 'rooms list hidden on a phone');
+    const toggle = alice.locator('[data-testid=rooms-toggle]');
+    assert.ok(await toggle.isVisible());
+
+    // Open the list, join a room there, and it folds away again.
+    await toggle.click();
+    await alice.waitForFunction(() => document.querySelector('[data-testid=sidebar]').getBoundingClientRect().left >= 0);
+    await joinViaUi(alice, 'mobile');
+    await alice.waitForFunction(() => document.querySelector('[data-testid=sidebar]').getBoundingClientRect().right <= 0);
+    await sendViaUi(bob, 'a long line from a laptop that has to wrap on the phone without any sideways scrolling at all, '.repeat(3));
+    await waitForText(alice, 'mobile', 'a long line from a laptop that has to wrap on the phone without any sideways scrolling at all, '.repeat(3));
+    await sendViaUi(alice, 'typed on the phone');
+    await waitForText(bob, 'mobile', 'typed on the phone');
+    const overflow = await alice.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `no sideways overflow (${overflow}px)`);
+    const composer = alice.locator('#message-input');
+    assert.ok(await inView(composer));
+    // The member list is one tap away too.
+    await alice.locator('[data-testid=members-toggle]').click();
+    await alice.locator('[data-testid=member-list] [data-testid=member][data-name="bob"]').waitFor();
+    await alice.waitForFunction(() => {
+      const r = document.querySelector('[data-testid=members-panel]').getBoundingClientRect();
+      return r.right <= window.innerWidth + 1 && r.left < window.innerWidth;
+    });
+    await alice.keyboard.press('Escape');
+    await alice.waitForFunction(() => document.querySelector('[data-testid=members-panel]').getBoundingClientRect().left >= window.innerWidth - 1);
   });
 });

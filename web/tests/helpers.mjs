@@ -1,6 +1,6 @@
 // Shared helpers for the browser tests: start the chat binary, drive Chromium, seed messages.
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +11,17 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, '..', '..');
 export const CHAT_BIN = process.env.CHAT_BIN || path.join(REPO, 'target', 'debug', 'chat');
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const STATIC_DIR = path.join(REPO, 'web', 'static');
+/**
+ * The binary embeds web/static at build time. WEB_FROM_DISK=1 makes the pages load the files from
+ * web/static instead (for working on the client without rebuilding the server).
+ */
+export const WEB_FROM_DISK = process.env.WEB_FROM_DISK === '1';
+export const ASSETS = {
+  '/': ['index.html', 'text/html; charset=utf-8'],
+  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+  '/style.css': ['style.css', 'text/css; charset=utf-8'],
+};
 
 /** Generous, because the machine is a shared 2-core box. */
 export const T = 30_000;
@@ -109,6 +120,9 @@ export async function launchBrowser() {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--no-first-run',
+      // A document fulfilled by the test (WEB_FROM_DISK) has no IP address, so Chromium would
+      // treat it as public and block its WebSockets to 127.0.0.1.
+      ...(WEB_FROM_DISK ? ['--disable-features=LocalNetworkAccessChecks'] : []),
     ],
   });
 }
@@ -132,8 +146,22 @@ export class Session {
     const context = await this.browser.newContext({ viewport });
     context.setDefaultTimeout(T);
     this.contexts.push(context);
-    const page = await context.newPage();
     const errors = [];
+    if (WEB_FROM_DISK) {
+      await context.route(/^http:\/\/127\.0\.0\.1:\d+\/(app\.js|style\.css)?(\?.*)?$/, async (route) => {
+        const { pathname } = new URL(route.request().url());
+        const [file, type] = ASSETS[pathname];
+        await route.fulfill({ status: 200, contentType: type, body: await readFile(path.join(STATIC_DIR, file)) });
+      });
+    }
+    const page = await context.newPage();
+    // The client makes no request anywhere but the chat server.
+    page.on('request', (r) => {
+      const u = r.url();
+      if (!/^(ws|http):\/\/127\.0\.0\.1:\d+\//.test(u) && !u.startsWith('data:') && u !== 'about:blank') {
+        errors.push({ kind: 'external request', text: u });
+      }
+    });
     page.on('console', (m) => {
       if (m.type() === 'error') errors.push({ kind: 'console', text: m.text(), url: m.location().url });
     });

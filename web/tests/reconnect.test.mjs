@@ -26,7 +26,12 @@ test('server restart: the page says it is offline, reconnects, shows what it mis
     await sendViaUi(alice, 'before restart, lobby');
     await waitForText(bob, 'lobby', 'before restart, lobby');
     await sendViaUi(bob, 'before restart, ops');
+    await switchTo(bob, 'lobby');
     await waitForText(alice, 'ops', 'before restart, ops');
+    // Read it, so that ops has nothing unread before the restart.
+    await switchTo(alice, 'ops');
+    await switchTo(alice, 'lobby');
+    assert.equal(await alice.locator('[data-testid=unread]').count(), 0);
 
     // --- First restart: alice stays away until others have talked. -----------------------------
     await server.stop();
@@ -120,5 +125,103 @@ test('server restart: the page says it is offline, reconnects, shows what it mis
   } finally {
     await server.stop();
     await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('a message whose ack never arrived is shown and stored once after the reconnect', { timeout: 180_000 }, async () => {
+  const server = await startServer();
+  const s = new Session(browser, server);
+  try {
+    const bob = await s.openChat('bob');
+    const alice = await s.newPage();
+    // Put a hand between alice's page and the server: it can swallow frames and cut the line.
+    let swallow = null;
+    let swallowed = 0;
+    let line = null;
+    const fromAlice = [];
+    await alice.routeWebSocket(/\/dev(\?|$)/, (ws) => {
+      const upstream = ws.connectToServer();
+      line = { ws, upstream };
+      ws.onMessage((m) => {
+        fromAlice.push(String(m));
+        upstream.send(m);
+      });
+      upstream.onMessage((m) => {
+        if (swallow && typeof m === 'string' && (m.includes('"type":"ack"') || m.includes(swallow))) {
+          swallowed += 1;
+          return;
+        }
+        ws.send(m);
+      });
+    });
+    await alice.goto(server.url);
+    await alice.locator('#name-input').fill('alice');
+    await alice.locator('#connect-button').click();
+    await waitOnline(alice);
+    await waitJoined(alice, 'lobby');
+
+    /** alice sends `text`; the server stores and broadcasts it, but alice hears nothing back. */
+    const sendUnacked = async (text) => {
+      swallow = text;
+      swallowed = 0;
+      await sendViaUi(alice, text);
+      await waitForText(bob, 'lobby', text);
+      const deadline = Date.now() + 30_000;
+      while (swallowed < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(swallowed, 2, 'echo and ack swallowed');
+      swallow = null;
+      const pending = alice.locator('[data-testid=pending-message]').filter({ hasText: text });
+      assert.match(await pending.locator('[data-testid=pending-status]').textContent(), /sending…/);
+      return pending;
+    };
+    const cutTheLine = async () => {
+      line.upstream.close();
+      line.ws.close();
+      await offline(alice);
+      await waitOnline(alice);
+      await waitJoined(alice, 'lobby');
+    };
+
+    // 1. After the reconnect, the message is among those missed (joined.history): found there by
+    //    its clientMsgId, not sent again.
+    const first = await sendUnacked('first: the ack of this one is lost');
+    await cutTheLine();
+    await waitForText(alice, 'lobby', 'first: the ack of this one is lost');
+    await first.waitFor({ state: 'detached' });
+
+    // 2. bob talks after it, so alice's recovery starts after her message: she sends it again with
+    //    the same clientMsgId, and the server answers with the same ack and no second broadcast.
+    const second = await sendUnacked('second: the ack of this one is lost too');
+    await sendViaUi(bob, 'bob talks after it');
+    await waitForText(alice, 'lobby', 'bob talks after it');
+    await cutTheLine();
+    await waitForText(alice, 'lobby', 'second: the ack of this one is lost too');
+    await second.waitFor({ state: 'detached' });
+
+    await sendViaUi(alice, 'and the next one');
+    await waitForText(bob, 'lobby', 'and the next one');
+    await waitForText(alice, 'lobby', 'and the next one');
+    const expected = [
+      'first: the ack of this one is lost', 'second: the ack of this one is lost too', 'bob talks after it',
+      'and the next one',
+    ];
+    assert.deepEqual(await roomTexts(alice, 'lobby'), expected);
+    assert.deepEqual(await roomTexts(bob, 'lobby'), expected);
+    const stored = (await serverHistory(await s.seeder(), server.wsUrl, 'lobby')).map((m) => m.text);
+    assert.deepEqual(stored, expected);
+    // What alice's page sent: the first once, the second twice with one clientMsgId.
+    const sends = (text) => fromAlice.map((f) => JSON.parse(f))
+      .filter((f) => f.action === 'sendMessage' && f.text === text);
+    assert.equal(sends('first: the ack of this one is lost').length, 1);
+    const retried = sends('second: the ack of this one is lost too');
+    assert.equal(retried.length, 2);
+    assert.equal(retried[0].clientMsgId, retried[1].clientMsgId);
+    assert.notEqual(retried[0].requestId, retried[1].requestId);
+    await s.finish();
+  } catch (e) {
+    await s.close();
+    throw e;
+  } finally {
+    await server.cleanup();
   }
 });

@@ -19,7 +19,7 @@ try {
     await waitForText(to, room, text);
   };
   await talk(ada, grace, 'lobby', 'Morning! Is the staging deploy done?');
-  await talk(grace, ada, 'lobby', 'Yes, finished ten minutes ago. All green 🎉');
+  await talk(grace, ada, 'lobby', 'Yes, finished ten minutes ago. All green.');
   await talk(grace, ada, 'lobby', 'The new history paging is in too: scroll up and older messages load.');
   await talk(ada, grace, 'lobby', 'Nice. Let\'s look at the reconnect logic in #design.');
 
@@ -30,7 +30,7 @@ try {
   await switchTo(ada, 'lobby');
   await talk(grace, ada, 'design', 'Exactly. The server answers a retry with the same ack.');
   await switchTo(grace, 'lobby');
-  await talk(grace, ada, 'lobby', 'Coffee first ☕');
+  await talk(grace, ada, 'lobby', 'Coffee first, back in five.');
   await grace.waitForTimeout(2100); // typing notices go out at most every 2 s
   await grace.locator('#message-input').pressSequentially('brb');
   await ada.locator('[data-testid=typing-indicator]').filter({ hasText: 'Grace is typing' }).waitFor();
