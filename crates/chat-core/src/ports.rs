@@ -181,14 +181,21 @@ pub struct NotifyError(pub String);
 pub trait Notifier: Send + Sync {
     async fn send(&self, to: &ConnectionId, payload: &Payload) -> Result<Delivery, NotifyError>;
 
+    /// How many sends [`Notifier::broadcast`] runs at once by default.
+    fn broadcast_concurrency(&self) -> usize {
+        32
+    }
+
     /// Sends one payload to many connections; returns those that are gone. A failure to reach
-    /// one never stops the others. The default runs up to 32 sends at once.
+    /// one never stops the others. The default runs up to [`Notifier::broadcast_concurrency`]
+    /// sends at once.
     async fn broadcast(&self, to: &[ConnectionId], payload: &Payload) -> Vec<ConnectionId> {
+        let concurrency = self.broadcast_concurrency().max(1);
         let mut gone = Vec::new();
         let mut ids = to.iter();
         let mut pending = FuturesUnordered::new();
         loop {
-            while pending.len() < 32 {
+            while pending.len() < concurrency {
                 let Some(id) = ids.next() else { break };
                 pending.push(deliver(self, id, payload));
             }
@@ -211,4 +218,55 @@ async fn deliver<'a, N: Notifier + ?Sized>(
     payload: &'a Payload,
 ) -> (&'a ConnectionId, Result<Delivery, NotifyError>) {
     (id, notifier.send(id, payload).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts the sends in flight; every third connection is gone.
+    #[derive(Default)]
+    struct Slow {
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+        bound: usize,
+    }
+
+    #[async_trait]
+    impl Notifier for Slow {
+        async fn send(&self, to: &ConnectionId, _: &Payload) -> Result<Delivery, NotifyError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let n: usize = to.as_str().parse().unwrap();
+            Ok(if n.is_multiple_of(3) {
+                Delivery::Gone
+            } else {
+                Delivery::Delivered
+            })
+        }
+
+        fn broadcast_concurrency(&self) -> usize {
+            self.bound
+        }
+    }
+
+    #[tokio::test]
+    async fn broadcast_runs_at_most_the_notifiers_concurrency_and_reports_the_gone() {
+        let notifier = Slow {
+            bound: 5,
+            ..Slow::default()
+        };
+        let to: Vec<ConnectionId> = (0..40).map(|n| ConnectionId::new(n.to_string())).collect();
+        let payload = Payload::from_json("{}".into());
+        let mut gone = notifier.broadcast(&to, &payload).await;
+        gone.sort();
+        let mut expected: Vec<ConnectionId> = to.iter().step_by(3).cloned().collect();
+        expected.sort();
+        assert_eq!(gone, expected);
+        assert_eq!(notifier.most.load(Ordering::SeqCst), 5);
+    }
 }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chat_auth::Verifier;
 use chat_core::domain::ConnectionId;
 use chat_core::memory::MemoryConnections;
 use chat_core::protocol::{Inbound, Payload};
@@ -74,6 +75,8 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Embedded {
     chat: Chat,
     messages: Arc<SqliteMessages>,
+    /// `None` when authentication is off.
+    verifier: Option<Verifier>,
 }
 
 impl Embedded {
@@ -87,17 +90,35 @@ impl Embedded {
             Arc::new(LocalNotifier::new(registry)),
             settings.chat_config(),
         );
-        Ok(Self { chat, messages })
+        let verifier = settings.auth.verifier()?;
+        if verifier.is_some() {
+            tracing::info!("authentication on: connections need a valid token");
+        }
+        Ok(Self {
+            chat,
+            messages,
+            verifier,
+        })
     }
 }
 
 #[async_trait]
 impl Backend for Embedded {
     async fn connect(&self, handshake: &Handshake) -> Result<(), Refusal> {
-        let request = ConnectRequest {
+        let mut request = ConnectRequest {
             name: handshake.first("name").map(str::to_owned),
             ..ConnectRequest::default()
         };
+        if let Some(verifier) = &self.verifier {
+            let identity = verifier
+                .verify(handshake.first("token"))
+                .map_err(|e| Refusal {
+                    status: 401,
+                    message: e.to_string(),
+                })?;
+            request.user_id = Some(identity.user_id);
+            request.token_name = identity.name;
+        }
         self.chat
             .connect(&handshake.connection_id, &request)
             .await

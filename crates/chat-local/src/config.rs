@@ -5,9 +5,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_aws::Tables;
 use chat_core::ChatConfig;
 use chat_core::rate_limit::RateLimit;
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+use crate::auth::AuthSettings;
+
+/// What runs behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The chat core in process, with SQLite (DATA_DIR/chat.db).
+    Embedded,
+    /// The Lambda handlers in process, on DynamoDB (the SDK's AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION
+    /// and credentials), posting to this gateway's own @connections API: the AWS code path.
+    Lambda,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -49,6 +62,35 @@ pub struct Settings {
     /// sendMessage allowance per connection: the steady rate, per second.
     #[arg(long, env = "CHAT_RATE_PER_SECOND", default_value_t = 10)]
     pub rate_per_second: u32,
+
+    /// Handshakes one IP address may make at once (then `--ip-connect-per-second`); past it, 429.
+    #[arg(long, env = "CHAT_IP_CONNECT_BURST", default_value_t = 100)]
+    pub ip_connect_burst: u32,
+
+    /// Handshakes per second one IP address may make after its burst.
+    #[arg(long, env = "CHAT_IP_CONNECT_PER_SECOND", default_value_t = 20)]
+    pub ip_connect_per_second: u32,
+
+    /// What runs behind the gateway: `embedded` (SQLite) or `lambda` (the Lambda handlers on
+    /// DynamoDB).
+    #[arg(long, env = "CHAT_BACKEND", value_enum, default_value = "embedded")]
+    pub backend: BackendKind,
+
+    /// Lambda mode: the connections table.
+    #[arg(long, env = "WEBSOCKET_TABLE", default_value = Tables::DEFAULT_CONNECTIONS)]
+    pub websocket_table: String,
+
+    /// Lambda mode: the messages table.
+    #[arg(long, env = "MESSAGES_TABLE", default_value = Tables::DEFAULT_MESSAGES)]
+    pub messages_table: String,
+
+    /// Lambda mode: create the tables when they are missing (local DynamoDB; SAM creates them on
+    /// AWS).
+    #[arg(long, env = "CHAT_CREATE_TABLES")]
+    pub create_tables: bool,
+
+    #[command(flatten)]
+    pub auth: AuthSettings,
 }
 
 fn parse_stage(s: &str) -> Result<String, String> {
@@ -76,6 +118,13 @@ impl Settings {
             send_queue: 1024,
             rate_burst: 20,
             rate_per_second: 10,
+            ip_connect_burst: 100,
+            ip_connect_per_second: 20,
+            backend: BackendKind::Embedded,
+            websocket_table: Tables::DEFAULT_CONNECTIONS.into(),
+            messages_table: Tables::DEFAULT_MESSAGES.into(),
+            create_tables: false,
+            auth: AuthSettings::default(),
         }
     }
 
@@ -86,6 +135,13 @@ impl Settings {
                 per_second: self.rate_per_second,
             },
             ..ChatConfig::default()
+        }
+    }
+
+    pub fn ip_connect_rate(&self) -> RateLimit {
+        RateLimit {
+            burst: self.ip_connect_burst,
+            per_second: self.ip_connect_per_second,
         }
     }
 

@@ -30,6 +30,47 @@ struct Cli {
 enum Command {
     /// Run the chat server.
     Serve(Settings),
+    /// Print an HS256 token for local testing of authentication (see `serve --jwt-secret`).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The secret the server verifies with.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// The display name (`name` claim); the chat shows `sub` without it.
+    #[arg(long)]
+    name: Option<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// The `iss` claim.
+    #[arg(long, env = "CHAT_JWT_ISSUER")]
+    issuer: Option<String>,
+    /// The `aud` claim.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE")]
+    audience: Option<String>,
+}
+
+fn print_token(args: TokenArgs) -> anyhow::Result<()> {
+    let now = chat_auth::now_secs();
+    let claims = chat_auth::MintClaims {
+        sub: args.sub,
+        name: args.name,
+        exp: now + args.ttl.as_secs(),
+        iat: now,
+        iss: args.issuer,
+        aud: args.audience,
+    };
+    println!(
+        "{}",
+        chat_auth::mint_hs256(args.secret.as_bytes(), &claims)?
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,9 +83,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(settings) => runtime.block_on(serve(settings)),
+        Command::Serve(settings) => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")?
+            .block_on(serve(settings)),
+        Command::Token(args) => print_token(args),
     }
 }
 

@@ -8,6 +8,7 @@
 //! [`serve`] binds, starts, and returns a [`Server`] with its address; shutting it down closes
 //! every connection with 1001, waits for their `$disconnect`, and flushes the store.
 
+mod admission;
 pub mod management;
 mod query;
 pub mod registry;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, Embedded, Handshake};
-use crate::config::Settings;
+use crate::config::{BackendKind, Settings};
 use registry::{Registry, now_ms};
 
 /// API Gateway's limits on what a client sends.
@@ -50,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so that shutdown can wait for their `$disconnect`.
     pub connections: TaskTracker,
+    /// The per-IP connection rate.
+    admission: Arc<admission::Admission>,
 }
 
 /// A running server.
@@ -78,14 +81,24 @@ impl Server {
     }
 }
 
-/// Binds `settings.addr`, opens the embedded store, and serves until `shutdown` is cancelled.
+/// Binds `settings.addr`, starts the back end `settings.backend` names (the embedded store, or
+/// the Lambda handlers on DynamoDB configured from the environment), and serves until `shutdown`
+/// is cancelled.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
-    let registry = Arc::new(Registry::new(settings.max_connections, settings.send_queue));
-    let backend = Arc::new(Embedded::open(&settings, registry.clone())?);
-    serve_with(settings, backend, registry, shutdown).await
+    match settings.backend {
+        BackendKind::Embedded => {
+            let registry = Arc::new(Registry::new(settings.max_connections, settings.send_queue));
+            let backend = Arc::new(Embedded::open(&settings, registry.clone())?);
+            serve_with(settings, backend, registry, shutdown).await
+        }
+        BackendKind::Lambda => {
+            let sdk = crate::lambda_mode::sdk_config_from_env().await;
+            crate::lambda_mode::serve(settings, sdk, shutdown).await
+        }
+    }
 }
 
-/// Like [`serve`], with any backend (the Lambda mode brings its own).
+/// Like [`serve`], with any backend.
 pub async fn serve_with(
     settings: Settings,
     backend: Arc<dyn Backend>,
@@ -93,13 +106,27 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
     let listener = TcpListener::bind(settings.addr).await?;
+    serve_on(listener, settings, backend, registry, shutdown).await
+}
+
+/// Like [`serve_with`], on a listener already bound (the Lambda mode must know its port before
+/// it builds its back end: the events name it).
+pub async fn serve_on(
+    listener: TcpListener,
+    settings: Settings,
+    backend: Arc<dyn Backend>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
     let local_addr = listener.local_addr()?;
+    let settings_ip_rate = settings.ip_connect_rate();
     let state = AppState {
         backend,
         registry: registry.clone(),
         settings: Arc::new(settings),
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
+        admission: Arc::new(admission::Admission::new(settings_ip_rate)),
     };
     let task = tokio::spawn(run(listener, state));
     Ok(Server {
@@ -175,6 +202,12 @@ async fn websocket(
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
+        );
+    }
+    if !state.admission.admit(peer.ip(), now_ms()) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address; slow down",
         );
     }
     let raw_query = query.unwrap_or_default();

@@ -208,3 +208,203 @@ async fn a_crash_loses_no_acknowledged_message() {
         assert_eq!(found["id"], id.as_str());
     }
 }
+
+fn mint(secret: &str, sub: &str, name: Option<&str>, ttl: &str) -> String {
+    let mut command = Command::new(CHAT);
+    command.args(["token", "--secret", secret, "--sub", sub, "--ttl", ttl]);
+    if let Some(name) = name {
+        command.args(["--name", name]);
+    }
+    let output = command.output().expect("chat token runs");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn with_a_jwt_secret_only_valid_tokens_connect_and_the_token_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "local-test-secret-0123456789abcdef";
+    let process = Process::start(dir.path(), &["--jwt-secret", secret], &[]);
+    let url = format!("ws://{}/dev", process.addr);
+    assert_eq!(Client::refused_status(&url).await, 401, "no token");
+    assert_eq!(
+        Client::refused_status(&format!("{url}?token=")).await,
+        401,
+        "empty token"
+    );
+    assert_eq!(
+        Client::refused_status(&format!("{url}?token=not.a.jwt")).await,
+        401
+    );
+    let forged = mint("another-secret", "u-1", Some("Ada"), "1h");
+    assert_eq!(
+        Client::refused_status(&format!("{url}?token={forged}")).await,
+        401,
+        "wrong secret"
+    );
+
+    let token = mint(secret, "u-1", Some("Ada"), "1h");
+    let mut ada = Client::connect(&format!("{url}?token={token}&name=Mallory")).await;
+    let ack = ada
+        .request(json!({"action":"sendMessage","text":"signed","clientMsgId":"a1"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    let history = ada
+        .request(json!({"action":"history","room":"lobby"}))
+        .await;
+    assert_eq!(
+        history["messages"][0]["sender"],
+        json!({"name":"Ada","userId":"u-1"}),
+        "the name parameter is ignored"
+    );
+
+    // The same user on another connection, under another display name, retries: same message.
+    let renamed = mint(secret, "u-1", Some("Ada L."), "1h");
+    let mut again = Client::connect(&format!("{url}?token={renamed}")).await;
+    let retry = again
+        .request(json!({"action":"sendMessage","text":"signed","clientMsgId":"a1"}))
+        .await;
+    assert_eq!(
+        retry["id"], ack["id"],
+        "retries are keyed by userId when authenticated"
+    );
+
+    // Without a name claim, the display name is sub.
+    let nameless = mint(secret, "u-2", None, "1h");
+    let mut bob = Client::connect(&format!("{url}?token={nameless}")).await;
+    let members = bob
+        .request(json!({"action":"members","room":"lobby"}))
+        .await;
+    assert!(
+        members["members"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name":"u-2","userId":"u-2"}))
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_with_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "local-test-secret-0123456789abcdef";
+    let process = Process::start(dir.path(), &[], &[("CHAT_JWT_SECRET", secret)]);
+    // Expired two minutes ago: beyond the verifier's 30 s leeway.
+    let claims = chat_auth::MintClaims {
+        sub: "u-1".into(),
+        name: None,
+        exp: chat_auth::now_secs() - 120,
+        iat: chat_auth::now_secs() - 180,
+        iss: None,
+        aud: None,
+    };
+    let expired = chat_auth::mint_hs256(secret.as_bytes(), &claims).unwrap();
+    let url = format!("ws://{}/dev?token={expired}", process.addr);
+    assert_eq!(Client::refused_status(&url).await, 401);
+}
+
+#[tokio::test]
+async fn with_a_jwks_file_es256_tokens_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../chat-auth/tests/keys");
+    let process = Process::start(
+        dir.path(),
+        &[
+            "--jwks-file",
+            &format!("{keys}/jwks.json"),
+            "--jwt-issuer",
+            "https://issuer.test",
+        ],
+        &[],
+    );
+    let pem = std::fs::read(format!("{keys}/ec.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    let claims = json!({"sub":"u-7","name":"Eve","iss":"https://issuer.test","exp":chat_auth::now_secs()+600});
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let mut eve = Client::connect(&format!("ws://{}/dev?token={token}", process.addr)).await;
+    assert_eq!(eve.request(json!({"action":"ping"})).await["type"], "pong");
+    let wrong_issuer =
+        json!({"sub":"u-7","iss":"https://other.test","exp":chat_auth::now_secs()+600});
+    let token = jsonwebtoken::encode(
+        &header,
+        &wrong_issuer,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        Client::refused_status(&format!("ws://{}/dev?token={token}", process.addr)).await,
+        401
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_cannot_grow_the_servers_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--rate-burst",
+        "1000000",
+        "--rate-per-second",
+        "1000000",
+        "--send-queue",
+        "256",
+    ];
+    let process = Process::start(dir.path(), &args, &[]);
+    let url = format!("ws://{}/dev", process.addr);
+    let slow = Client::connect(&format!("{url}?name=slow")).await; // never reads
+    let mut ada = Client::connect(&format!("{url}?name=ada")).await;
+    let mut bob = Client::connect(&format!("{url}?name=bob")).await;
+    ada.request(json!({"action":"ping"})).await;
+    let before = rss_kib(process.child.id());
+    // 8,000 messages of 4 KB: 32 MB that an unbounded queue for `slow` would hold.
+    let text = "z".repeat(4000);
+    let mut peak = before;
+    for i in 0..8000 {
+        ada.send(json!({"action":"sendMessage","text":text,"clientMsgId":format!("{i}")}))
+            .await;
+        if i % 100 == 99 {
+            // Keep ada's and bob's side drained so that only `slow` falls behind.
+            loop {
+                let frame = bob.recv().await;
+                if frame["clientMsgId"] == format!("{i}") {
+                    break;
+                }
+            }
+            while let Ok(Some(_)) = tokio::time::timeout(
+                std::time::Duration::from_millis(1),
+                futures_util::StreamExt::next(&mut ada.ws),
+            )
+            .await
+            {}
+            peak = peak.max(rss_kib(process.child.id()));
+        }
+    }
+    let growth_mib = (peak.saturating_sub(before)) / 1024;
+    eprintln!("RSS before {before} KiB, peak {peak} KiB");
+    assert!(growth_mib < 16, "the server grew by {growth_mib} MiB");
+    // `slow` was dropped by the server (it is still open on this side).
+    let members = bob
+        .request(json!({"action":"members","room":"lobby"}))
+        .await;
+    let names: Vec<_> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].clone())
+        .collect();
+    assert!(!names.contains(&json!("slow")), "{names:?}");
+    drop(slow);
+}

@@ -55,6 +55,23 @@ async fn connections_past_the_limit_are_refused_with_429() {
 }
 
 #[tokio::test]
+async fn handshakes_past_the_per_ip_rate_are_refused_with_429() {
+    let server = TestServer::start_with(|s| {
+        s.ip_connect_burst = 3;
+        s.ip_connect_per_second = 1;
+    })
+    .await;
+    let mut open = Vec::new();
+    for name in ["a", "b", "c"] {
+        open.push(server.client(name).await);
+    }
+    assert_eq!(Client::refused_status(&server.url()).await, 429);
+    // The allowance refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    open.push(server.client("d").await);
+}
+
+#[tokio::test]
 async fn an_idle_connection_is_closed_with_1001() {
     let server = TestServer::start_with(|s| s.idle_timeout = Duration::from_millis(400)).await;
     let mut ada = server.client("ada").await;

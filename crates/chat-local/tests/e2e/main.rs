@@ -6,4 +6,5 @@ mod actions;
 mod bad_input;
 mod binary;
 mod gateway;
+mod lambda_binary;
 mod support;

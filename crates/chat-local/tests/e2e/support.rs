@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_local::Settings;
+use chat_local::config::BackendKind;
 use chat_local::gateway::Server;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -40,11 +41,17 @@ impl TestServer {
         this
     }
 
-    /// Starts on exactly these settings (a restart reuses the address and data directory).
-    pub async fn start_on(settings: Settings) -> Self {
-        let server = chat_local::serve(settings.clone(), CancellationToken::new())
-            .await
-            .expect("server starts");
+    /// Starts on exactly these settings (a restart reuses the address and data directory), with
+    /// the back end `CHAT_TEST_BACKEND` names.
+    pub async fn start_on(mut settings: Settings) -> Self {
+        let server = if lambda_backend() {
+            use_lambda(&mut settings);
+            let sdk = chat_aws::testing::sdk_config().await;
+            chat_local::lambda_mode::serve(settings.clone(), sdk, CancellationToken::new()).await
+        } else {
+            chat_local::serve(settings.clone(), CancellationToken::new()).await
+        }
+        .expect("server starts");
         Self {
             addr: server.local_addr,
             server: Some(server),
@@ -81,6 +88,35 @@ impl Drop for TestServer {
             server.shutdown();
         }
     }
+}
+
+/// `CHAT_TEST_BACKEND=lambda`: the suite runs against the Lambda handlers on DynamoDB (moto at
+/// `AWS_ENDPOINT_URL_DYNAMODB`, or one the tests start), behind the same gateway.
+fn lambda_backend() -> bool {
+    match std::env::var("CHAT_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "embedded") => false,
+        Ok("lambda") => true,
+        Ok(other) => panic!("CHAT_TEST_BACKEND={other}: expected embedded or lambda"),
+    }
+}
+
+/// The Lambda back end, with tables of this server's own (tests run concurrently on one moto).
+/// They are named after the data directory, which is unique per test and kept across a restart,
+/// so that a restarted server finds its tables again, as the embedded one finds its file.
+fn use_lambda(settings: &mut Settings) {
+    if settings.backend == BackendKind::Lambda {
+        return;
+    }
+    let dir = settings
+        .data_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tag: String = dir.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    settings.backend = BackendKind::Lambda;
+    settings.websocket_table = format!("e2e-{tag}-WebSocketConnections");
+    settings.messages_table = format!("e2e-{tag}-ChatMessages");
+    settings.create_tables = true;
 }
 
 pub fn urlencode(s: &str) -> String {

@@ -1,0 +1,131 @@
+//! What both stores share: the client, the table names, the optional meter, and the keys and
+//! items of the room partitions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity, ReturnConsumedCapacity};
+use chat_core::domain::Member;
+use chat_core::ports::StoreError;
+use serde::{Deserialize, Serialize};
+
+use crate::capacity::{Meter, Units};
+use crate::tables::{ROOM_KEY, SORT_KEY, Tables};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The client, the tables, and where to count what the calls cost.
+#[derive(Clone)]
+pub struct Db {
+    pub client: Client,
+    pub tables: Tables,
+    pub meter: Option<Arc<Meter>>,
+}
+
+impl Db {
+    pub fn new(client: Client, tables: Tables) -> Self {
+        Self {
+            client,
+            tables,
+            meter: None,
+        }
+    }
+
+    /// `TOTAL` when metering, else nothing (DynamoDB's default: none reported).
+    pub fn capacity(&self) -> Option<ReturnConsumedCapacity> {
+        self.meter.as_ref().map(|_| ReturnConsumedCapacity::Total)
+    }
+
+    pub fn record<'a>(
+        &self,
+        operation: &'static str,
+        units: Units,
+        consumed: impl IntoIterator<Item = &'a ConsumedCapacity>,
+    ) {
+        if let Some(meter) = &self.meter {
+            meter.record(operation, units, consumed);
+        }
+    }
+}
+
+/// A failed call, with the SDK's whole error chain (for the logs; clients only see `internal`).
+pub fn sdk_error<E, R>(operation: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError(format!("{operation}: {}", DisplayErrorContext(&e)))
+}
+
+pub fn serde_error(e: serde_dynamo::Error) -> StoreError {
+    StoreError(format!("an item does not have the expected shape: {e}"))
+}
+
+pub fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub fn n(value: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// DynamoDB's rule: an item whose `ttl` is in the past has expired, deleted or not yet.
+pub fn expired(ttl: u64) -> bool {
+    ttl < now_secs()
+}
+
+/// The sort keys of a room partition.
+pub mod keys {
+    /// Every message id (`0-9`, `a-f`, `-`) sorts before this; every other item after it.
+    pub const END_OF_MESSAGES: &str = "~";
+    pub const MEMBER_PREFIX: &str = "~member#";
+
+    pub fn member(join_key: &str) -> String {
+        format!("{MEMBER_PREFIX}{join_key}")
+    }
+
+    /// The sender key is prefixed with its length, so that no two (sender, clientMsgId) pairs
+    /// make the same key, whatever characters they hold.
+    pub fn dedupe(sender_key: &str, client_msg_id: &str) -> String {
+        format!("~dedupe#{}#{sender_key}#{client_msg_id}", sender_key.len())
+    }
+
+    pub fn is_message(sort_key: &str) -> bool {
+        sort_key < END_OF_MESSAGES
+    }
+}
+
+/// The key of an item in a room partition.
+pub fn room_key(room: &str, sort_key: impl Into<String>) -> Item {
+    HashMap::from([
+        (ROOM_KEY.to_owned(), s(room)),
+        (SORT_KEY.to_owned(), s(sort_key)),
+    ])
+}
+
+/// A connection's membership of a room, in the room's partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberItem {
+    pub room: String,
+    pub sk: String,
+    pub connection_id: String,
+    pub member: Member,
+    /// The connection's expiry, so that a connection that never said goodbye leaves its rooms
+    /// when it expires.
+    pub ttl: u64,
+}

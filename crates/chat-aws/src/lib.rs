@@ -1,0 +1,48 @@
+//! The chat core's ports on AWS: DynamoDB stores and the API Gateway management API notifier.
+//!
+//! Everything the protocol requires across frames (membership, the rate limit, idempotent sends)
+//! lives in DynamoDB, so that it holds across Lambda invocations and containers: nothing here keeps
+//! chat state in memory.
+//!
+//! # Tables
+//!
+//! - **Connections** (`WEBSOCKET_TABLE`, default `WebSocketConnections`), key `connectionId`: one
+//!   item per connection with its member (name, user id), its rooms (a map room → join key), its
+//!   rate-limit bucket and a `ttl` (epoch seconds) after which it is ignored and, eventually,
+//!   deleted by DynamoDB.
+//! - **Messages** (`MESSAGES_TABLE`, default `ChatMessages`), key `room` + `sk`: one partition per
+//!   room holding everything about the room, read with strongly consistent `Query`s:
+//!   - messages, `sk` = the message id (a UUID v7: sorts by time, so history is one `Query`);
+//!   - members, `sk` = `~member#{join key}` (a UUID v7, so they list in the order joined), with the
+//!     connection id, the member and the connection's `ttl`: the fan-out list is a paginated
+//!     `Query` on the room's key, never a `Scan`;
+//!   - idempotency keys, `sk` = `~dedupe#{len}#{sender key}#{clientMsgId}`, written in one
+//!     transaction with the message under `attribute_not_exists`.
+//!
+//!   Message ids are made of `0-9a-f-`, which all sort before `~`: a key condition `sk < "~"`
+//!   reads messages only.
+//!
+//! # Layout
+//!
+//! - [`tables`]: table names, key attributes, and `create_tables` for local runs.
+//! - [`connections`]: [`DynamoConnections`], the [`ConnectionStore`](chat_core::ports::ConnectionStore).
+//! - [`messages`]: [`DynamoMessages`], the [`MessageStore`](chat_core::ports::MessageStore).
+//! - [`notifier`]: [`ManagementNotifier`] on `PostToConnection`, and [`ManagementClients`], one
+//!   client per endpoint, built once.
+//! - [`capacity`]: an optional meter of DynamoDB calls and consumed capacity units.
+//! - `testing` (feature `testing`): a moto_server for tests.
+
+pub mod capacity;
+pub mod connections;
+mod db;
+pub mod messages;
+pub mod notifier;
+pub mod tables;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use capacity::{Meter, Tally};
+pub use connections::DynamoConnections;
+pub use messages::DynamoMessages;
+pub use notifier::{ManagementClients, ManagementNotifier};
+pub use tables::{Tables, create_tables};

@@ -1,0 +1,155 @@
+//! A DynamoDB API for tests: moto_server on loopback.
+//!
+//! The endpoint is `AWS_ENDPOINT_URL_DYNAMODB` when it is set (`scripts/test` starts one moto for
+//! the whole run); otherwise one `moto_server` per test process is started on a free
+//! `127.0.0.1` port, and stops when the process exits. Nothing is skipped: without moto, the
+//! tests that need it fail and say why.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::tables::{Tables, create_tables};
+
+/// The endpoint of the DynamoDB API the tests use.
+pub fn dynamodb_endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| match std::env::var("AWS_ENDPOINT_URL_DYNAMODB") {
+            Ok(endpoint) if !endpoint.is_empty() => endpoint,
+            _ => start_moto(),
+        })
+        .clone()
+}
+
+/// An SDK configuration for moto: its endpoint for DynamoDB, a region, test credentials.
+pub async fn sdk_config() -> SdkConfig {
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .test_credentials()
+        .endpoint_url(dynamodb_endpoint())
+        .load()
+        .await
+}
+
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config().await)
+}
+
+/// Table names no other test of any process on this moto uses.
+pub fn unique_tables(label: &str) -> Tables {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tag = format!("{label}-{}-{n}", std::process::id());
+    Tables::new(
+        format!("{tag}-{}", Tables::DEFAULT_CONNECTIONS),
+        format!("{tag}-{}", Tables::DEFAULT_MESSAGES),
+    )
+}
+
+/// Fresh tables on moto, created.
+pub async fn fresh_tables(client: &aws_sdk_dynamodb::Client, label: &str) -> Tables {
+    let tables = unique_tables(label);
+    create_tables(client, &tables)
+        .await
+        .expect("the tables are created on moto");
+    tables
+}
+
+/// Starts moto_server under a small Python guard that stops it when this process exits (the
+/// guard's stdin, a pipe from us, closes then).
+fn start_moto() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let guard = "import subprocess, sys\n\
+        p = subprocess.Popen(['moto_server', '-H', '127.0.0.1', '-p', sys.argv[1]],\n\
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+        sys.stdin.read()\n\
+        p.terminate()\n";
+    let child: Child = Command::new("python3")
+        .args(["-c", guard, &port.to_string()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (moto_server is started through it)");
+    // Keep the pipe open for the life of the process: dropping it would stop moto.
+    static GUARD: OnceLock<std::sync::Mutex<Child>> = OnceLock::new();
+    let _ = GUARD.set(std::sync::Mutex::new(child));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !moto_answers(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not start on {addr}: install it with `pip install 'moto[server]'`, \
+             or set AWS_ENDPOINT_URL_DYNAMODB to a running one"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("http://{addr}")
+}
+
+fn moto_answers(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /moto-api/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+/// Clients whose every call is answered by aws-smithy-mocks rules (no network): for what moto
+/// cannot do (`GoneException`, a throttled or failing DynamoDB). Retries are on, as in
+/// production, with a 1 ms backoff so that a failing call fails fast.
+pub mod mocked {
+    use std::time::Duration;
+
+    use aws_smithy_mocks::{MockResponseInterceptor, Rule, RuleMode, create_mock_http_client};
+
+    fn interceptor(mode: RuleMode, rules: &[&Rule]) -> MockResponseInterceptor {
+        rules
+            .iter()
+            .fold(MockResponseInterceptor::new().rule_mode(mode), |i, rule| {
+                i.with_rule(rule)
+            })
+    }
+
+    pub fn dynamodb(mode: RuleMode, rules: &[&Rule]) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "mocked"))
+            .retry_config(RetryConfig::standard().with_initial_backoff(Duration::from_millis(1)))
+            .http_client(create_mock_http_client())
+            .interceptor(interceptor(mode, rules))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    pub fn management(mode: RuleMode, rules: &[&Rule]) -> aws_sdk_apigatewaymanagement::Client {
+        use aws_sdk_apigatewaymanagement::config::{
+            BehaviorVersion, Credentials, Region, retry::RetryConfig,
+        };
+        let config = aws_sdk_apigatewaymanagement::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url("https://mocked.execute-api.us-east-1.amazonaws.com/dev")
+            .credentials_provider(Credentials::new("test", "test", None, None, "mocked"))
+            .retry_config(RetryConfig::standard().with_initial_backoff(Duration::from_millis(1)))
+            .http_client(create_mock_http_client())
+            .interceptor(interceptor(mode, rules))
+            .build();
+        aws_sdk_apigatewaymanagement::Client::from_conf(config)
+    }
+}

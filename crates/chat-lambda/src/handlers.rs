@@ -1,0 +1,360 @@
+//! [`Handlers`]: `$connect`, `$disconnect`, and every other route, over API Gateway's events.
+//!
+//! Each event gets a [`Chat`] over the container's stores and the notifier of the API that sent
+//! it (the management endpoint is the event's `https://{domainName}/{stage}`, or a fixed
+//! override). Building one is a few `Arc` clones; the SDK clients behind it are built once per
+//! container.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use aws_lambda_events::apigw::{
+    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+    ApiGatewayWebsocketProxyRequestContext,
+};
+use aws_lambda_events::encodings::Body;
+use chat_aws::{DynamoConnections, DynamoMessages, ManagementClients};
+use chat_core::domain::ConnectionId;
+use chat_core::ports::{ConnectionStore, MessageStore, Notifier};
+use chat_core::protocol::{ChatError, ErrorCode, Inbound, Payload, Rejection};
+use chat_core::{Chat, ChatConfig, ConnectRequest};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::config::{Config, ManagementEndpoint};
+
+/// The notifier for the API an event came from, by its management endpoint.
+pub trait Notifiers: Send + Sync {
+    fn for_endpoint(&self, endpoint: &str) -> Arc<dyn Notifier>;
+}
+
+impl Notifiers for ManagementClients {
+    fn for_endpoint(&self, endpoint: &str) -> Arc<dyn Notifier> {
+        self.notifier(endpoint)
+    }
+}
+
+/// The same notifier whatever the endpoint (tests, and any single-API setup).
+pub struct FixedNotifier(pub Arc<dyn Notifier>);
+
+impl Notifiers for FixedNotifier {
+    fn for_endpoint(&self, _endpoint: &str) -> Arc<dyn Notifier> {
+        self.0.clone()
+    }
+}
+
+/// The three functions' handlers, sharing one set of clients.
+pub struct Handlers {
+    connections: Arc<dyn ConnectionStore>,
+    messages: Arc<dyn MessageStore>,
+    notifiers: Arc<dyn Notifiers>,
+    chat: ChatConfig,
+    endpoint: ManagementEndpoint,
+}
+
+impl Handlers {
+    pub fn new(
+        connections: Arc<dyn ConnectionStore>,
+        messages: Arc<dyn MessageStore>,
+        notifiers: Arc<dyn Notifiers>,
+        chat: ChatConfig,
+    ) -> Self {
+        Self {
+            connections,
+            messages,
+            notifiers,
+            chat,
+            endpoint: ManagementEndpoint::default(),
+        }
+    }
+
+    pub fn with_management_endpoint(mut self, endpoint: ManagementEndpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The AWS adapters: DynamoDB stores and the management API, on one SDK configuration.
+    pub fn on_aws(sdk: &SdkConfig, config: &Config) -> Self {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        let connections = DynamoConnections::new(dynamodb.clone(), config.tables.clone())
+            .with_ttl(config.connection_ttl);
+        let messages = DynamoMessages::new(dynamodb, config.tables.clone());
+        let notifiers = ManagementClients::new(sdk.clone(), config.fanout_concurrency);
+        Self::new(
+            Arc::new(connections),
+            Arc::new(messages),
+            Arc::new(notifiers),
+            config.chat.clone(),
+        )
+        .with_management_endpoint(config.management_endpoint.clone())
+    }
+
+    /// `$connect`: 200, or the status of the refusal (400 bad name, 500 store failure...).
+    pub async fn connect(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let span = span("$connect", &event.request_context);
+        guarded(
+            async {
+                let (id, chat) = match self.prepare(&event.request_context) {
+                    Ok(prepared) => prepared,
+                    Err(failure) => return failure.connect_response(),
+                };
+                // API Gateway puts every value of a repeated parameter in the multi-value map,
+                // and only the last in the other: the first counts.
+                let name = event
+                    .multi_value_query_string_parameters
+                    .first("name")
+                    .or_else(|| event.query_string_parameters.first("name"))
+                    .map(str::to_owned);
+                let request = ConnectRequest {
+                    name,
+                    ..ConnectRequest::default()
+                };
+                match chat.connect(&id, &request).await {
+                    Ok(member) => {
+                        tracing::info!(name = member.name.as_str(), "connected");
+                        response(200, None)
+                    }
+                    Err(rejection) => {
+                        tracing::info!(status = rejection.status(), reason = %rejection, "handshake refused");
+                        refusal(rejection.status(), &rejection.to_string())
+                    }
+                }
+            },
+            || refusal(500, "the server failed to accept the connection"),
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// `$disconnect`: removes the connection and tells its rooms. Always 200 (API Gateway
+    /// ignores the answer).
+    pub async fn disconnect(
+        &self,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> ApiGatewayProxyResponse {
+        let span = span("$disconnect", &event.request_context);
+        guarded(
+            async {
+                match self.prepare(&event.request_context) {
+                    Ok((id, chat)) => {
+                        chat.disconnect(&id).await;
+                        response(200, None)
+                    }
+                    Err(failure) => failure.frame_response(),
+                }
+            },
+            || response(500, None),
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// Every other route (`sendMessage`, `joinRoom`, ..., `$default`): the reply frame is the body,
+    /// which the route response returns to the sender; no body when there is no reply (`typing`).
+    pub async fn message(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        let route = event
+            .request_context
+            .route_key
+            .clone()
+            .unwrap_or_else(|| "$default".into());
+        let span = span(&route, &event.request_context);
+        guarded(
+            async {
+                let (id, chat) = match self.prepare(&event.request_context) {
+                    Ok(prepared) => prepared,
+                    Err(failure) => return failure.frame_response(),
+                };
+                // API Gateway base64-encodes binary frames; the protocol refuses them.
+                let inbound = if event.is_base64_encoded {
+                    Inbound::Binary
+                } else {
+                    Inbound::Text(event.body.as_deref().unwrap_or_default())
+                };
+                match chat.handle(&id, inbound).await {
+                    Some(reply) => {
+                        let status = status_of(&reply);
+                        response(status, Some(reply.to_text()))
+                    }
+                    None => response(200, None),
+                }
+            },
+            || frame(500, &internal_frame()),
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// The connection id and a chat that notifies the event's API.
+    fn prepare(
+        &self,
+        context: &ApiGatewayWebsocketProxyRequestContext,
+    ) -> Result<(ConnectionId, Chat), Failure> {
+        let id = context
+            .connection_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .map(ConnectionId::new)
+            .ok_or(Failure::NoConnectionId)?;
+        let endpoint = self
+            .endpoint
+            .resolve(context.domain_name.as_deref(), context.stage.as_deref())
+            .ok_or(Failure::NoEndpoint)?;
+        let chat = Chat::new(
+            self.connections.clone(),
+            self.messages.clone(),
+            self.notifiers.for_endpoint(&endpoint),
+            self.chat.clone(),
+        );
+        Ok((id, chat))
+    }
+}
+
+/// An event that API Gateway would never send: no connection id, or no domain and stage.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    NoConnectionId,
+    NoEndpoint,
+}
+
+impl Failure {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::NoConnectionId => "the event has no requestContext.connectionId",
+            Self::NoEndpoint => {
+                "the event has no requestContext.domainName and stage, and APIGW_MANAGEMENT_ENDPOINT is not set"
+            }
+        }
+    }
+
+    fn connect_response(self) -> ApiGatewayProxyResponse {
+        tracing::error!(problem = self.describe(), "unusable $connect event");
+        match self {
+            Self::NoConnectionId => refusal(400, self.describe()),
+            Self::NoEndpoint => refusal(500, "the server failed to accept the connection"),
+        }
+    }
+
+    fn frame_response(self) -> ApiGatewayProxyResponse {
+        tracing::error!(problem = self.describe(), "unusable event");
+        match self {
+            Self::NoConnectionId => frame(
+                400,
+                &Rejection {
+                    request_id: None,
+                    error: ChatError::bad_request(self.describe()),
+                }
+                .to_payload(),
+            ),
+            Self::NoEndpoint => frame(500, &internal_frame()),
+        }
+    }
+}
+
+fn span(route: &str, context: &ApiGatewayWebsocketProxyRequestContext) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        route,
+        connection = context.connection_id.as_deref().unwrap_or_default(),
+        request = context.request_id.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Runs a handler; a panic (a bug: nothing a client sends should cause one) becomes `fallback`.
+async fn guarded(
+    handler: impl Future<Output = ApiGatewayProxyResponse>,
+    fallback: impl FnOnce() -> ApiGatewayProxyResponse,
+) -> ApiGatewayProxyResponse {
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("the handler panicked");
+            fallback()
+        }
+    }
+}
+
+fn internal_frame() -> Payload {
+    Rejection {
+        request_id: None,
+        error: ChatError::internal(),
+    }
+    .to_payload()
+}
+
+fn response(status: u16, body: Option<String>) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = i64::from(status);
+    response.body = body.map(Body::Text);
+    response
+}
+
+fn frame(status: u16, payload: &Payload) -> ApiGatewayProxyResponse {
+    response(status, Some(payload.to_text()))
+}
+
+/// A refused `$connect`, with a body like API Gateway's own refusals.
+fn refusal(status: u16, message: &str) -> ApiGatewayProxyResponse {
+    response(
+        status,
+        Some(serde_json::json!({ "message": message }).to_string()),
+    )
+}
+
+const CODES: [ErrorCode; 7] = [
+    ErrorCode::BadRequest,
+    ErrorCode::UnknownAction,
+    ErrorCode::NotMember,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::LimitExceeded,
+    ErrorCode::Internal,
+];
+
+/// The HTTP status of an error code (for the function's metrics and logs; API Gateway sends
+/// the body to the client whatever the status).
+pub fn status_of_code(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::UnknownAction => 400,
+        ErrorCode::NotMember => 403,
+        ErrorCode::LimitExceeded => 409,
+        ErrorCode::PayloadTooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::Internal => 500,
+    }
+}
+
+/// 200 for a reply, the error's status for an `error` frame.
+fn status_of(reply: &Payload) -> u16 {
+    // Server frames start with their type; only error frames are read again.
+    if !reply.bytes().starts_with(br#"{"type":"error""#) {
+        return 200;
+    }
+    let code = serde_json::from_slice::<serde_json::Value>(reply.bytes())
+        .ok()
+        .and_then(|frame| {
+            let code = frame.get("code")?.as_str()?.to_owned();
+            CODES.into_iter().find(|c| c.as_str() == code)
+        });
+    code.map_or(500, status_of_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::protocol::ServerFrame;
+
+    #[test]
+    fn error_frames_get_their_status_and_replies_200() {
+        for code in CODES {
+            let payload = Payload::encode(&ServerFrame::Error {
+                request_id: None,
+                code,
+                message: "m",
+            });
+            assert_eq!(status_of(&payload), status_of_code(code), "{code:?}");
+        }
+        let pong = Payload::encode(&ServerFrame::Pong { request_id: None });
+        assert_eq!(status_of(&pong), 200);
+    }
+}

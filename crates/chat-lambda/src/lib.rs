@@ -1,0 +1,24 @@
+//! The Lambda functions of the chat: `connect`, `disconnect` and `message`, as handlers over API
+//! Gateway's WebSocket events.
+//!
+//! Each handler takes an [`ApiGatewayWebsocketProxyRequest`] and returns an
+//! [`ApiGatewayProxyResponse`], never an error: whatever a client sends, the function answers with
+//! a status and, for frames, a coded error frame, and nothing panics (a bug that would is caught
+//! and answered `internal`). The handlers run the same [`Chat`](chat_core::Chat) as the local
+//! binary, over DynamoDB and the management API on AWS, or over any other ports (the tests use the
+//! in-memory ones, the local binary's Lambda mode the real ones).
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration, from the environment, read once per container.
+//! - [`handlers`]: [`Handlers`]: `$connect`, `$disconnect`, and every other route (`message`).
+//! - [`runtime`]: the `lambda_runtime` loop and JSON logs that the thin `main`s in `src/bin` run.
+
+pub mod config;
+pub mod handlers;
+pub mod runtime;
+
+pub use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+pub use config::{Config, ManagementEndpoint};
+pub use handlers::{FixedNotifier, Handlers, Notifiers};
+pub use runtime::{Route, run};

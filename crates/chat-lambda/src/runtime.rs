@@ -1,0 +1,73 @@
+//! What each function's `main` runs: JSON logs, the configuration and the clients (once per
+//! container), then `lambda_runtime`'s loop over events.
+
+use std::sync::Arc;
+
+use aws_config::BehaviorVersion;
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use lambda_runtime::{LambdaEvent, service_fn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::handlers::Handlers;
+
+/// Which handler a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Connect,
+    Disconnect,
+    /// Every route but `$connect` and `$disconnect`.
+    Message,
+}
+
+impl Handlers {
+    pub async fn handle(
+        &self,
+        route: Route,
+        event: ApiGatewayWebsocketProxyRequest,
+    ) -> ApiGatewayProxyResponse {
+        match route {
+            Route::Connect => self.connect(event).await,
+            Route::Disconnect => self.disconnect(event).await,
+            Route::Message => self.message(event).await,
+        }
+    }
+}
+
+/// The body of each function's `main`.
+pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let config = Config::from_env()?;
+    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
+    tracing::info!(?route, tables = ?config.tables, "function ready");
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let handlers = handlers.clone();
+            async move { Ok::<_, lambda_runtime::Error>(handlers.handle(route, event.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// JSON lines on stdout, which CloudWatch keeps (and timestamps). `RUST_LOG` sets the level, else
+/// Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+pub fn init_logging() {
+    let lambda_level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .ok()
+        .filter(|level| !level.is_empty())
+        .map(|level| level.to_lowercase());
+    let filter = EnvFilter::try_from_default_env()
+        .ok()
+        .or_else(|| lambda_level.and_then(|level| EnvFilter::try_new(level).ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+}

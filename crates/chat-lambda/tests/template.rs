@@ -1,0 +1,332 @@
+//! `template.yaml` (AWS SAM), read as YAML: least privilege (no `Resource: "*"`, no wildcard
+//! action, a role of its own per function), the runtime and architecture, every route with its
+//! route response, the tables as the stores use them. cfn-lint and `sam validate --lint` check the
+//! rest in CI; they miss a wrong `Runtime` on a serverless function and a misspelt
+//! `ProtocolType`, which are checked here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chat_aws::tables::{CONNECTION_KEY, ROOM_KEY, SORT_KEY, TTL_ATTRIBUTE};
+use serde_norway::Value;
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+    let text = std::fs::read_to_string(path).expect("template.yaml at the workspace root");
+    serde_norway::from_str(&text).expect("template.yaml is YAML")
+}
+
+/// The resources of one type, by logical id.
+fn resources<'a>(template: &'a Value, kind: &str) -> BTreeMap<String, &'a Value> {
+    template["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, resource)| resource["Type"].as_str() == Some(kind))
+        .map(|(id, resource)| (id.as_str().unwrap().to_owned(), resource))
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        // !Ref, !GetAtt, !Sub: the text they hold (a logical id or a pattern).
+        Value::Tagged(tagged) => strings(&tagged.value),
+        _ => Vec::new(),
+    }
+}
+
+/// The logical id an intrinsic (`!Ref X`, `!GetAtt X.Arn`) points at.
+fn target(value: &Value) -> String {
+    let Value::Tagged(tagged) = value else {
+        panic!("not an intrinsic: {value:?}")
+    };
+    let text = tagged.value.as_str().expect("a plain !Ref or !GetAtt");
+    text.split('.').next().unwrap().to_owned()
+}
+
+/// Every `Statement` anywhere in the template.
+fn statements(value: &Value, found: &mut Vec<Value>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                if key.as_str() == Some("Statement") {
+                    found.extend(
+                        child
+                            .as_sequence()
+                            .expect("a list of statements")
+                            .iter()
+                            .cloned(),
+                    );
+                } else {
+                    statements(child, found);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|item| statements(item, found)),
+        Value::Tagged(tagged) => statements(&tagged.value, found),
+        _ => {}
+    }
+}
+
+#[test]
+fn no_policy_allows_every_resource_or_a_wildcard_action() {
+    let template = template();
+    let mut found = Vec::new();
+    statements(&template, &mut found);
+    let permissions: Vec<&Value> = found
+        .iter()
+        .filter(|s| s.get("Principal").is_none())
+        .collect();
+    assert!(permissions.len() >= 9, "every role's statements were found");
+    for statement in permissions {
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{statement:?}");
+        let resources = strings(&statement["Resource"]);
+        assert!(!resources.is_empty(), "a Resource: {statement:?}");
+        assert!(
+            !resources.iter().any(|r| r == "*"),
+            "Resource \"*\": {statement:?}"
+        );
+        assert!(statement.get("NotResource").is_none() && statement.get("NotAction").is_none());
+        for action in strings(&statement["Action"]) {
+            assert!(!action.contains('*'), "wildcard action {action}");
+            let (service, name) = action.split_once(':').expect("service:Action");
+            assert!(
+                ["dynamodb", "execute-api", "logs"].contains(&service),
+                "{action}"
+            );
+            assert!(!name.is_empty());
+        }
+        // The management API only for posting to connections of this API's stage.
+        if strings(&statement["Action"]).contains(&"execute-api:ManageConnections".to_owned()) {
+            assert!(resources[0].ends_with("${WebSocketApi}/${StageName}/POST/@connections/*"));
+        }
+    }
+}
+
+#[test]
+fn each_function_has_its_own_role_and_no_managed_policy() {
+    let template = template();
+    let roles = resources(&template, "AWS::IAM::Role");
+    let functions = resources(&template, "AWS::Serverless::Function");
+    assert_eq!(functions.len(), 3);
+    let mut used = BTreeSet::new();
+    for (id, function) in &functions {
+        let properties = &function["Properties"];
+        // With `Policies` (or no `Role`), SAM would attach AWSLambdaBasicExecutionRole, whose
+        // resource is "*".
+        assert!(properties.get("Policies").is_none(), "{id}");
+        let role = target(&properties["Role"]);
+        assert!(roles.contains_key(&role), "{id}: {role}");
+        assert!(used.insert(role), "{id} shares its role");
+        assert!(
+            roles
+                .values()
+                .all(|r| r["Properties"].get("ManagedPolicyArns").is_none())
+        );
+    }
+    // The connect function notifies no one.
+    let connect_role = strings(&roles["ConnectRole"]["Properties"]["Policies"]);
+    let mut connect_statements = Vec::new();
+    statements(roles["ConnectRole"], &mut connect_statements);
+    assert!(connect_role.iter().all(|s| !s.contains("execute-api")));
+    assert!(
+        connect_statements
+            .iter()
+            .flat_map(|s| strings(&s["Action"]))
+            .all(|a| !a.starts_with("execute-api") && a != "dynamodb:Query")
+    );
+}
+
+#[test]
+fn functions_run_on_provided_al2023_arm64_built_by_cargo_lambda() {
+    let template = template();
+    let globals = &template["Globals"]["Function"];
+    let bins: BTreeSet<String> = resources(&template, "AWS::Serverless::Function")
+        .values()
+        .map(|function| {
+            let property = |name: &str| {
+                function["Properties"]
+                    .get(name)
+                    .unwrap_or(&globals[name])
+                    .clone()
+            };
+            assert_eq!(property("Runtime").as_str(), Some("provided.al2023"));
+            assert_eq!(strings(&property("Architectures")), ["arm64"]);
+            assert_eq!(property("Handler").as_str(), Some("bootstrap"));
+            assert_eq!(property("CodeUri").as_str(), Some("crates/chat-lambda"));
+            assert_eq!(
+                function["Metadata"]["BuildMethod"].as_str(),
+                Some("rust-cargolambda")
+            );
+            function["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // The binaries of this crate.
+    let expected: BTreeSet<String> = ["connect", "disconnect", "message"]
+        .map(String::from)
+        .into();
+    assert_eq!(bins, expected);
+    for bin in &bins {
+        let main = format!("{}/src/bin/{bin}.rs", env!("CARGO_MANIFEST_DIR"));
+        assert!(std::path::Path::new(&main).exists(), "{main}");
+    }
+    // Every variable the functions read is set (or deliberately left to its default).
+    let variables = globals["Environment"]["Variables"].as_mapping().unwrap();
+    for name in chat_lambda::config::DEPLOYED_VARIABLES {
+        assert!(variables.contains_key(name), "{name} is not set in Globals");
+    }
+}
+
+#[test]
+fn the_api_routes_on_action_with_every_route_and_route_responses() {
+    let template = template();
+    let apis = resources(&template, "AWS::ApiGatewayV2::Api");
+    let api = &apis.values().next().expect("the API")["Properties"];
+    assert_eq!(api["ProtocolType"].as_str(), Some("WEBSOCKET"));
+    assert_eq!(
+        api["RouteSelectionExpression"].as_str(),
+        Some("$request.body.action")
+    );
+
+    let routes = resources(&template, "AWS::ApiGatewayV2::Route");
+    let keys: BTreeSet<&str> = routes
+        .values()
+        .map(|route| route["Properties"]["RouteKey"].as_str().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = ["$connect", "$disconnect", "$default"]
+        .into_iter()
+        .chain(chat_core::protocol::Action::NAMES)
+        .collect();
+    assert_eq!(keys, expected);
+
+    let responded: BTreeSet<String> = resources(&template, "AWS::ApiGatewayV2::RouteResponse")
+        .values()
+        .map(|response| {
+            assert_eq!(
+                response["Properties"]["RouteResponseKey"].as_str(),
+                Some("$default")
+            );
+            target(&response["Properties"]["RouteId"])
+        })
+        .collect();
+    let deployment = resources(&template, "AWS::ApiGatewayV2::Deployment");
+    let depends: Vec<String> = strings(&deployment.values().next().unwrap()["DependsOn"]);
+    for (id, route) in &routes {
+        let key = route["Properties"]["RouteKey"].as_str().unwrap();
+        assert!(depends.contains(id), "the deployment waits for {id}");
+        let replies = !matches!(key, "$connect" | "$disconnect");
+        assert_eq!(responded.contains(id), replies, "route response of {key}");
+        if replies {
+            assert_eq!(
+                route["Properties"]["RouteResponseSelectionExpression"].as_str(),
+                Some("$default"),
+                "{key}"
+            );
+        }
+    }
+
+    // Each route may invoke its function, and only from this API and stage.
+    let permissions = resources(&template, "AWS::Lambda::Permission");
+    let mut allowed = BTreeSet::new();
+    for permission in permissions.values() {
+        let properties = &permission["Properties"];
+        assert_eq!(
+            properties["Principal"].as_str(),
+            Some("apigateway.amazonaws.com")
+        );
+        let source = strings(&properties["SourceArn"]).concat();
+        let route = source
+            .strip_prefix("arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/")
+            .unwrap_or_else(|| panic!("SourceArn of one route of this API and stage: {source}"));
+        allowed.insert(route.to_owned());
+    }
+    let expected: BTreeSet<String> = expected.into_iter().map(String::from).collect();
+    assert_eq!(allowed, expected);
+}
+
+#[test]
+fn the_tables_are_keyed_as_the_stores_use_them_on_demand_with_ttl_pitr_and_sse() {
+    let template = template();
+    let tables = resources(&template, "AWS::DynamoDB::Table");
+    let key_schema = |id: &str| -> Vec<(String, String)> {
+        tables[id]["Properties"]["KeySchema"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["AttributeName"].as_str().unwrap().to_owned(),
+                    k["KeyType"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        key_schema("ConnectionsTable"),
+        [(CONNECTION_KEY.into(), "HASH".into())]
+    );
+    assert_eq!(
+        key_schema("MessagesTable"),
+        [
+            (ROOM_KEY.into(), "HASH".into()),
+            (SORT_KEY.into(), "RANGE".into())
+        ]
+    );
+    for (id, table) in &tables {
+        let properties = &table["Properties"];
+        assert_eq!(
+            properties["BillingMode"].as_str(),
+            Some("PAY_PER_REQUEST"),
+            "{id}"
+        );
+        assert_eq!(
+            properties["TimeToLiveSpecification"]["AttributeName"].as_str(),
+            Some(TTL_ATTRIBUTE)
+        );
+        assert_eq!(
+            properties["TimeToLiveSpecification"]["Enabled"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            properties["SSESpecification"]["SSEEnabled"].as_bool(),
+            Some(true)
+        );
+    }
+}
+
+#[test]
+fn the_outputs_give_the_wss_url_and_the_management_endpoint() {
+    let template = template();
+    let url = strings(&template["Outputs"]["WebSocketUrl"]["Value"]).concat();
+    assert!(
+        url.starts_with("wss://${WebSocketApi}.execute-api."),
+        "{url}"
+    );
+    let endpoint = strings(&template["Outputs"]["ManagementEndpoint"]["Value"]).concat();
+    assert!(
+        endpoint.starts_with("https://${WebSocketApi}.execute-api."),
+        "{endpoint}"
+    );
+}
+
+#[test]
+fn env_example_lists_every_variable() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.env.example");
+    let example = std::fs::read_to_string(path).expect(".env.example at the workspace root");
+    let listed: BTreeSet<&str> = example
+        .lines()
+        .map(|line| line.trim_start_matches('#').trim())
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name.trim()))
+        .collect();
+    for name in chat_lambda::config::VARIABLES {
+        assert!(listed.contains(name), "{name} is missing from .env.example");
+    }
+}
