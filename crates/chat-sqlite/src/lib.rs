@@ -7,6 +7,12 @@
 //! message waits for its own. Reads use a second connection, which WAL lets run beside the writer.
 //!
 //! The writer also gives each message its id, so ids are in the order messages are stored.
+//!
+//! Checkpoints (copying the WAL back into the main file) run on a third connection, in the
+//! background, once a second: off the commit path, so that an `ack` never waits for one, and
+//! less often than SQLite's default (every 1,000 WAL pages), so that a page written by many
+//! commits is copied back once. The writer still checkpoints by itself past a much larger WAL,
+//! should the background ever fall behind.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -24,6 +30,10 @@ use tokio::sync::oneshot;
 
 /// The most appends committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// How often the background checkpointer runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// WAL pages past which the writer checkpoints by itself (SQLite's default is 1,000).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -54,6 +64,8 @@ pub struct SqliteMessages {
     /// The writer thread's queue; `None` once closed.
     writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping the sender stops the background checkpointer.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Reads are short; one connection behind a lock, used from blocking threads, suffices.
     reader: Arc<Mutex<Connection>>,
 }
@@ -83,8 +95,18 @@ impl SqliteMessages {
         }
         let writer_conn = open_connection(path)
             .and_then(|conn| conn.execute_batch(SCHEMA).map(|()| conn))
+            .and_then(|conn| {
+                conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+                    .map(|()| conn)
+            })
             .map_err(|e| store_error(format!("cannot open {}: {e}", path.display())))?;
         let reader = open_connection(path).map_err(store_error)?;
+        let checkpoint_conn = open_connection(path).map_err(store_error)?;
+        let (stop, stopped) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, stopped))
+            .map_err(store_error)?;
         let (tx, rx) = mpsc::channel();
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -93,6 +115,7 @@ impl SqliteMessages {
         Ok(Self {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(writer_thread)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -100,6 +123,17 @@ impl SqliteMessages {
     /// Finishes the queued writes, checkpoints the WAL into the main file and stops the writer.
     /// Appends after this fail.
     pub fn close(&self) {
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the SQLite checkpoint thread panicked");
+            }
+        }
         drop(
             self.writer
                 .lock()
@@ -153,6 +187,16 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<AppendRequest>) {
     // The queue is closed: shutting down.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "WAL checkpoint on close failed");
+    }
+}
+
+/// Copies the WAL back into the main file once a second, without blocking the writer
+/// (a passive checkpoint), until `stop` is dropped.
+fn run_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "background WAL checkpoint failed");
+        }
     }
 }
 

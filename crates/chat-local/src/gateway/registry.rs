@@ -1,14 +1,16 @@
 //! The live connections of this gateway, and the in-process [`Notifier`] over them.
 //!
 //! Each connection has a bounded queue drained by its own writer task. Delivery never waits:
-//! a frame is pushed with `try_send`, and a connection whose queue is full is a slow consumer,
+//! a frame is pushed without blocking, and a connection whose queue is full is a slow consumer,
 //! closed at once (1008), so that one client that stops reading can neither grow the server's
 //! memory nor stall the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use chat_core::domain::ConnectionId;
 use chat_core::ports::{Delivery, Notifier, NotifyError};
 use chat_core::protocol::Payload;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 /// Close codes the gateway uses.
@@ -47,10 +49,20 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct ConnectionHandle {
     pub id: ConnectionId,
-    queue: mpsc::Sender<Outbound>,
+    /// Frames waiting for the writer. A plain deque behind a lock: it allocates nothing while
+    /// empty (an idle connection costs no queue memory), and a push is one uncontended lock.
+    queue: Mutex<VecDeque<Outbound>>,
+    queue_len: usize,
+    /// The writer is gone: frames pushed now are dropped.
+    writer_gone: AtomicBool,
     /// Cancelled when the connection must close, from inside or out; the writer then sends the
     /// close frame in `close_frame` and the reader stops.
     closing: CancellationToken,
+    /// The same fact, for the hot paths: reading a `CancellationToken` takes a lock, and
+    /// waiting on one takes a lock on every poll, once per frame written.
+    closed: AtomicBool,
+    /// Wakes the writer task: a frame was queued, or the connection must close.
+    writer_waker: AtomicWaker,
     close_frame: OnceLock<(u16, &'static str)>,
     pub connected_at_ms: u64,
     last_active_ms: AtomicU64,
@@ -65,25 +77,60 @@ impl ConnectionHandle {
         if self.is_closing() {
             return false;
         }
-        match self.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(connection = %self.id, "slow consumer: send queue full, closing");
-                self.close(close_code::POLICY, "slow consumer: send queue full");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.writer_gone.load(Ordering::Acquire) {
+            return false;
         }
+        if queue.len() >= self.queue_len {
+            drop(queue);
+            tracing::warn!(connection = %self.id, "slow consumer: send queue full, closing");
+            self.close(close_code::POLICY, "slow consumer: send queue full");
+            return false;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.writer_waker.wake();
+        true
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let frame = queue.pop_front();
+        // Give back what a burst made the deque grow to.
+        if queue.is_empty() && queue.capacity() > 64 {
+            queue.shrink_to(8);
+        }
+        frame
     }
 
     /// Asks for the connection to close with this code; the first request wins.
     pub fn close(&self, code: u16, reason: &'static str) {
         let _ = self.close_frame.set((code, reason));
+        self.closed.store(true, Ordering::Release);
+        self.writer_waker.wake();
         self.closing.cancel();
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the connection must close: the writer's wait, lock-free (a
+    /// `CancellationToken` locks a mutex on every poll). One task may wait at a time.
+    pub async fn closed_for_writer(&self) {
+        poll_fn(|cx| {
+            if self.is_closing() {
+                return Poll::Ready(());
+            }
+            self.writer_waker.register(cx.waker());
+            // Closed between the check and the registration: `close` may have woken nobody.
+            if self.is_closing() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     pub fn closing(&self) -> &CancellationToken {
@@ -102,6 +149,50 @@ impl ConnectionHandle {
 
     pub fn last_active_ms(&self) -> u64 {
         self.last_active_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer's end of a connection's queue.
+pub struct Frames {
+    handle: Arc<ConnectionHandle>,
+}
+
+impl Frames {
+    /// The next frame; waits for one. `None` once the connection is closing.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        poll_fn(|cx| {
+            if let Some(frame) = self.handle.pop() {
+                return Poll::Ready(Some(frame));
+            }
+            if self.handle.is_closing() {
+                return Poll::Ready(None);
+            }
+            self.handle.writer_waker.register(cx.waker());
+            // A push or a close between the checks and the registration may have woken nobody.
+            match self.handle.pop() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None if self.handle.is_closing() => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.handle.pop()
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let handle = &self.handle;
+        handle.writer_gone.store(true, Ordering::Release);
+        handle
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -138,17 +229,20 @@ impl Registry {
         id: ConnectionId,
         source_ip: IpAddr,
         user_agent: Option<String>,
-    ) -> Result<(Arc<ConnectionHandle>, mpsc::Receiver<Outbound>), Full> {
+    ) -> Result<(Arc<ConnectionHandle>, Frames), Full> {
         let mut connections = self.lock();
         if connections.len() >= self.max_connections {
             return Err(Full);
         }
-        let (queue, receiver) = mpsc::channel(self.queue_len);
         let now = now_ms();
         let handle = Arc::new(ConnectionHandle {
             id: id.clone(),
-            queue,
+            queue: Mutex::new(VecDeque::new()),
+            queue_len: self.queue_len,
+            writer_gone: AtomicBool::new(false),
             closing: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            writer_waker: AtomicWaker::new(),
             close_frame: OnceLock::new(),
             connected_at_ms: now,
             last_active_ms: AtomicU64::new(now),
@@ -156,7 +250,10 @@ impl Registry {
             user_agent,
         });
         connections.insert(id, handle.clone());
-        Ok((handle, receiver))
+        let frames = Frames {
+            handle: handle.clone(),
+        };
+        Ok((handle, frames))
     }
 
     pub fn get(&self, id: &ConnectionId) -> Option<Arc<ConnectionHandle>> {

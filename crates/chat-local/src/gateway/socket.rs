@@ -11,11 +11,10 @@ use axum::Error as AxumError;
 use axum::extract::ws::{CloseFrame, Message};
 use chat_core::protocol::Inbound;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::AppState;
-use super::registry::{ConnectionHandle, Outbound, close_code};
+use super::registry::{ConnectionHandle, Frames, Outbound, close_code};
 
 /// Frames the writer sends before it flushes; batching writes saves syscalls under load.
 const WRITE_BATCH: usize = 64;
@@ -23,12 +22,8 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the connection until it ends, then runs `$disconnect`.
-pub async fn run<S>(
-    socket: S,
-    state: AppState,
-    handle: Arc<ConnectionHandle>,
-    queue: mpsc::Receiver<Outbound>,
-) where
+pub async fn run<S>(socket: S, state: AppState, handle: Arc<ConnectionHandle>, queue: Frames)
+where
     S: Stream<Item = Result<Message, AxumError>>
         + Sink<Message, Error = AxumError>
         + Send
@@ -52,32 +47,46 @@ where
     S: Stream<Item = Result<Message, AxumError>> + Unpin,
 {
     let settings = &state.settings;
-    let end_of_life = Instant::now() + settings.max_lifetime;
+    // Created once and polled again on each frame: a timer or a cancellation future made per
+    // frame costs a registration and a removal each time.
+    let closing = handle.closing().cancelled();
+    let shutdown = state.shutdown.cancelled();
+    let lifetime = sleep_until(Instant::now() + settings.max_lifetime);
+    // The idle deadline moves with every frame; the timer is only reset when it fires early.
+    let mut last_frame = Instant::now();
+    let idle = sleep_until(last_frame + settings.idle_timeout);
+    tokio::pin!(closing, shutdown, lifetime, idle);
     loop {
         let next = tokio::select! {
-            () = handle.closing().cancelled() => return,
-            () = state.shutdown.cancelled() => {
+            () = &mut closing => return,
+            () = &mut shutdown => {
                 handle.close(close_code::GOING_AWAY, "server shutting down");
                 return;
             }
-            () = sleep_until(end_of_life) => {
+            () = &mut lifetime => {
                 handle.close(close_code::GOING_AWAY, "connection lifetime exceeded");
                 return;
             }
-            next = timeout(settings.idle_timeout, stream.next()) => next,
+            () = &mut idle => {
+                let deadline = last_frame + settings.idle_timeout;
+                if deadline <= Instant::now() {
+                    handle.close(close_code::GOING_AWAY, "idle timeout");
+                    return;
+                }
+                idle.as_mut().reset(deadline);
+                continue;
+            }
+            next = stream.next() => next,
         };
         let message = match next {
-            Err(_elapsed) => {
-                handle.close(close_code::GOING_AWAY, "idle timeout");
-                return;
-            }
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
+            None => return,
+            Some(Err(e)) => {
                 close_for_read_error(handle, e);
                 return;
             }
-            Ok(Some(Ok(message))) => message,
+            Some(Ok(message)) => message,
         };
+        last_frame = Instant::now();
         handle.touch();
         let inbound = match &message {
             Message::Text(text) => Inbound::Text(text.as_str()),
@@ -116,17 +125,17 @@ fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
     }
 }
 
-async fn write_loop<S>(
-    mut sink: S,
-    mut queue: mpsc::Receiver<Outbound>,
-    handle: Arc<ConnectionHandle>,
-) where
+async fn write_loop<S>(mut sink: S, mut queue: Frames, handle: Arc<ConnectionHandle>)
+where
     S: Sink<Message, Error = AxumError> + Unpin,
 {
+    // One lock-free wait for the whole connection, polled again on each wake-up.
+    let closed = handle.closed_for_writer();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            () = handle.closing().cancelled() => break,
+            () = &mut closed => break,
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
@@ -136,8 +145,8 @@ async fn write_loop<S>(
             sink.feed(to_message(first)).await?;
             for _ in 1..WRITE_BATCH {
                 match queue.try_recv() {
-                    Ok(frame) => sink.feed(to_message(frame)).await?,
-                    Err(_) => break,
+                    Some(frame) => sink.feed(to_message(frame)).await?,
+                    None => break,
                 }
             }
             sink.flush().await
@@ -145,7 +154,7 @@ async fn write_loop<S>(
         // A client that stops reading blocks the write; closing must not wait for it.
         let written = tokio::select! {
             biased;
-            () = handle.closing().cancelled() => break,
+            () = &mut closed => break,
             written = write => written,
         };
         if written.is_err() {

@@ -1,0 +1,139 @@
+//! What the kernel says about a process and about the machine: CPU seconds and RSS from /proc.
+
+use std::fs;
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// User plus system CPU seconds of a process (all its threads), or 0 when it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces; the fields after it are numbers.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3 of stat(5), so utime (14) and stime (15) are at 11 and 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+}
+
+/// Resident set size in bytes, or 0 when the process is gone.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds of this process.
+pub fn self_cpu_seconds() -> f64 {
+    cpu_seconds(std::process::id())
+}
+
+/// The machine, for the report: cores, CPU model, memory, kernel.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_gib: f64,
+    pub kernel: String,
+}
+
+pub fn machine() -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Machine {
+        // The machine's, not this process's (which may be pinned to one core).
+        // SAFETY: sysconf has no preconditions.
+        nproc: usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1),
+        cpu_model,
+        mem_total_gib: mem_kb / 1024.0 / 1024.0,
+        kernel,
+    }
+}
+
+/// Pins this process (and the threads and children it creates from now on) to one core.
+pub fn pin_self(core: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Raises this process's open-file limit to the hard limit (children inherit it).
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        limit.rlim_cur
+    }
+}
+
+/// Asks the kernel for precise sleeps on this thread (the default slack is 50 µs).
+pub fn precise_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// The latency of a 4 KiB write followed by `fdatasync` on the filesystem of `dir`, `count`
+/// times: what every commit of the chat's store waits for. Returns (p50, p99, max) in ms.
+pub fn fsync_latency(dir: &std::path::Path, count: usize) -> std::io::Result<(f64, f64, f64)> {
+    use std::io::Write;
+    fs::create_dir_all(dir)?;
+    let path = dir.join("fsync-probe");
+    let mut file = fs::File::create(&path)?;
+    let block = [b'x'; 4096];
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        file.write_all(&block)?;
+        let started = std::time::Instant::now();
+        file.sync_data()?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    let _ = fs::remove_file(&path);
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99), at(1.0)))
+}
