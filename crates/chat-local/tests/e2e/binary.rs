@@ -12,14 +12,15 @@ use crate::support::Client;
 
 const CHAT: &str = env!("CARGO_BIN_EXE_chat");
 
-struct Process {
-    child: Child,
-    addr: String,
+/// A `chat serve` process on 127.0.0.1:0, killed when dropped.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Process {
     /// Starts `chat serve` with these extra arguments and environment; waits for its address.
-    fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(CHAT);
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])

@@ -2,11 +2,9 @@
 //! `--create-tables`, and a short chat through the Lambda handlers. The rest of the suite drives
 //! the Lambda mode in process (CHAT_TEST_BACKEND=lambda); this checks the binary's own wiring.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use serde_json::json;
 
+use crate::binary::Process;
 use crate::support::Client;
 
 #[tokio::test]
@@ -14,37 +12,23 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
     let endpoint = chat_aws::testing::dynamodb_endpoint();
     let tables = chat_aws::testing::unique_tables("binary");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--backend",
-            "lambda",
-            "--create-tables",
-        ])
-        .args(["--websocket-table", &tables.connections])
-        .args(["--messages-table", &tables.messages])
-        .current_dir(dir.path())
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env_remove("CHAT_STAGE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chat starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .split("listening on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let args = [
+        "--backend",
+        "lambda",
+        "--create-tables",
+        "--websocket-table",
+        &tables.connections,
+        "--messages-table",
+        &tables.messages,
+    ];
+    let env = [
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let process = Process::start(dir.path(), &args, &env);
+    let addr = &process.addr;
 
     let mut ada = Client::connect(&format!("ws://{addr}/dev?name=ada")).await;
     let mut bob = Client::connect(&format!("ws://{addr}/dev?name=bob")).await;
@@ -79,7 +63,5 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
         .await
         .unwrap();
     assert!(stored.item.is_some());
-    assert!(!dir.path().join("data").exists());
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(!dir.path().join("chat.db").exists());
 }
