@@ -4,26 +4,14 @@ import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, Session, T, seed, roomTexts, waitForText, waitForCount, sendViaUi,
   joinViaUi, switchTo, timelineSel, count,
+  withChatOn,
 } from './helpers.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
-/** Runs `fn` with a fresh server and a session whose pages must log no errors. */
-async function withChat(fn, finishOpts) {
-  const server = await startServer();
-  const s = new Session(browser, server);
-  try {
-    await fn(s, server);
-    await s.finish(finishOpts);
-  } catch (e) {
-    await s.close();
-    throw e;
-  } finally {
-    await server.cleanup();
-  }
-}
+const withChat = (fn, finishOpts) => withChatOn(browser, fn, finishOpts);
 
 test('two people chat in lobby and in a second room; a third person sees nothing of that room', { timeout: 180_000 }, async () => {
   await withChat(async (s, server) => {

@@ -4,25 +4,14 @@ import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, Session, T, waitForText, sendViaUi, joinViaUi, timelineSel,
   roomTexts, serverHistory, count, WS_CONNECT_FAILED,
+  withChatOn,
 } from './helpers.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
-async function withChat(fn, finishOpts) {
-  const server = await startServer();
-  const s = new Session(browser, server);
-  try {
-    await fn(s, server);
-    await s.finish(finishOpts);
-  } catch (e) {
-    await s.close();
-    throw e;
-  } finally {
-    await server.cleanup();
-  }
-}
+const withChat = (fn, finishOpts) => withChatOn(browser, fn, finishOpts);
 
 /** Waits for an error toast of `code` and returns its text. */
 async function toastText(page, code) {

@@ -344,3 +344,18 @@ export async function serverHistory(page, wsUrl, room) {
 export function count(list, value) {
   return list.filter((x) => x === value).length;
 }
+
+/** Runs `fn` with a fresh server and a session on `browser` whose pages must log no errors. */
+export async function withChatOn(browser, fn, finishOpts) {
+  const server = await startServer();
+  const s = new Session(browser, server);
+  try {
+    await fn(s, server);
+    await s.finish(finishOpts);
+  } catch (e) {
+    await s.close();
+    throw e;
+  } finally {
+    await server.cleanup();
+  }
+}
