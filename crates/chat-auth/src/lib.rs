@@ -33,6 +33,10 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token names a `kid` the key set does not have: a key set fetched from a URL may be
+    /// out of date (the issuer rotated its keys), and is worth fetching again.
+    #[error("invalid token: no key with kid {0:?}")]
+    UnknownKey(String),
 }
 
 fn invalid(reason: impl Into<String>) -> AuthError {
@@ -170,7 +174,7 @@ fn pick_key<'a>(set: &'a JwkSet, header: &Header) -> Result<&'a Jwk, AuthError> 
     let jwk = match &header.kid {
         Some(kid) => set
             .find(kid)
-            .ok_or_else(|| invalid(format!("no key with kid {kid:?}")))?,
+            .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?,
         None if set.keys.len() == 1 => &set.keys[0],
         None => return Err(invalid("the token has no kid")),
     };

@@ -22,6 +22,7 @@ use chat_core::{Chat, ChatConfig, ConnectRequest};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use crate::authorizer::identity_from_context;
 use crate::config::{Config, ManagementEndpoint};
 
 /// The notifier for the API an event came from, by its management endpoint.
@@ -106,9 +107,13 @@ impl Handlers {
                     .first("name")
                     .or_else(|| event.query_string_parameters.first("name"))
                     .map(str::to_owned);
+                // With authentication on, the authorizer has checked the token and put the
+                // user in the context; the `name` parameter then does not count.
+                let identity = identity_from_context(&event.request_context.authorizer.fields);
                 let request = ConnectRequest {
                     name,
-                    ..ConnectRequest::default()
+                    user_id: identity.as_ref().map(|user| user.user_id.clone()),
+                    token_name: identity.and_then(|user| user.name),
                 };
                 match chat.connect(&id, &request).await {
                     Ok(member) => {

@@ -1,5 +1,6 @@
 //! The Lambda functions of the chat: `connect`, `disconnect` and `message`, as handlers over API
-//! Gateway's WebSocket events.
+//! Gateway's WebSocket events, and `authorizer`, the `$connect` REQUEST authorizer when
+//! authentication is on.
 //!
 //! Each handler takes an [`ApiGatewayWebsocketProxyRequest`] and returns an
 //! [`ApiGatewayProxyResponse`], never an error: whatever a client sends, the function answers with
@@ -10,15 +11,21 @@
 //!
 //! # Layout
 //!
+//! - [`authorizer`]: [`Authorizer`]: the token check, with keys from a secret or a JWKS URL.
 //! - [`config`]: the configuration, from the environment, read once per container.
 //! - [`handlers`]: [`Handlers`]: `$connect`, `$disconnect`, and every other route (`message`).
 //! - [`runtime`]: the `lambda_runtime` loop and JSON logs that the thin `main`s in `src/bin` run.
 
+pub mod authorizer;
 pub mod config;
 pub mod handlers;
 pub mod runtime;
 
-pub use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+pub use authorizer::{Authorizer, AuthorizerConfig, Denied};
+pub use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
+    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+};
 pub use config::{Config, ManagementEndpoint};
 pub use handlers::{FixedNotifier, Handlers, Notifiers};
-pub use runtime::{Route, run};
+pub use runtime::{Route, run, run_authorizer};

@@ -4,10 +4,14 @@
 use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
-use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse,
+    ApiGatewayWebsocketProxyRequest,
+};
 use lambda_runtime::{LambdaEvent, service_fn};
 use tracing_subscriber::EnvFilter;
 
+use crate::authorizer::{Authorizer, AuthorizerConfig};
 use crate::config::Config;
 use crate::handlers::Handlers;
 
@@ -45,6 +49,21 @@ pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
             let handlers = handlers.clone();
             async move { Ok::<_, lambda_runtime::Error>(handlers.handle(route, event.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// The body of the `authorizer` function's `main`. A refusal is the error `Unauthorized`, which
+/// API Gateway turns into a 401 (see [`crate::authorizer`]).
+pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let authorizer = Arc::new(Authorizer::from_config(&AuthorizerConfig::from_env()?)?);
+    tracing::info!("authorizer ready");
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>| {
+            let authorizer = authorizer.clone();
+            async move { authorizer.authorize(&event.payload).await }
         },
     ))
     .await

@@ -109,7 +109,7 @@ fn each_function_has_its_own_role_and_no_managed_policy() {
     let template = template();
     let roles = resources(&template, "AWS::IAM::Role");
     let functions = resources(&template, "AWS::Serverless::Function");
-    assert_eq!(functions.len(), 3);
+    assert_eq!(functions.len(), 4);
     let mut used = BTreeSet::new();
     for (id, function) in &functions {
         let properties = &function["Properties"];
@@ -135,6 +135,22 @@ fn each_function_has_its_own_role_and_no_managed_policy() {
             .iter()
             .flat_map(|s| strings(&s["Action"]))
             .all(|a| !a.starts_with("execute-api") && a != "dynamodb:Query")
+    );
+    // The authorizer may only write its logs.
+    let mut authorizer_statements = Vec::new();
+    statements(
+        &roles["AuthorizerRole"]["Properties"]["Policies"],
+        &mut authorizer_statements,
+    );
+    let actions: BTreeSet<String> = authorizer_statements
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    assert_eq!(
+        actions,
+        ["logs:CreateLogStream", "logs:PutLogEvents"]
+            .map(String::from)
+            .into()
     );
 }
 
@@ -166,7 +182,7 @@ fn functions_run_on_provided_al2023_arm64_built_by_cargo_lambda() {
         })
         .collect();
     // The binaries of this crate.
-    let expected: BTreeSet<String> = ["connect", "disconnect", "message"]
+    let expected: BTreeSet<String> = ["authorizer", "connect", "disconnect", "message"]
         .map(String::from)
         .into();
     assert_eq!(bins, expected);
@@ -179,6 +195,80 @@ fn functions_run_on_provided_al2023_arm64_built_by_cargo_lambda() {
     for name in chat_lambda::config::DEPLOYED_VARIABLES {
         assert!(variables.contains_key(name), "{name} is not set in Globals");
     }
+    let functions = resources(&template, "AWS::Serverless::Function");
+    let authorizer = functions["AuthorizerFunction"]["Properties"]["Environment"]["Variables"]
+        .as_mapping()
+        .unwrap();
+    for name in chat_lambda::authorizer::VARIABLES {
+        assert_eq!(
+            authorizer.contains_key(name),
+            name != "JWKS_CACHE_SECONDS",
+            "{name} on the authorizer"
+        );
+    }
+}
+
+/// With authentication on (a JWKS URL or a secret), `$connect` goes through the REQUEST
+/// authorizer on `?token=`; without, nothing of it is deployed.
+#[test]
+fn authentication_is_a_request_authorizer_on_connect_when_configured() {
+    let template = template();
+    let condition = &template["Conditions"]["AuthOn"];
+    let on_when = strings(condition).concat();
+    assert!(
+        on_when.contains("JwksUrl") && on_when.contains("JwtSecret"),
+        "{on_when}"
+    );
+    for id in [
+        "AuthorizerFunction",
+        "AuthorizerRole",
+        "AuthorizerLogGroup",
+        "ConnectAuthorizer",
+        "AuthorizerPermission",
+    ] {
+        assert_eq!(
+            template["Resources"][id]["Condition"].as_str(),
+            Some("AuthOn"),
+            "{id}"
+        );
+    }
+    let authorizers = resources(&template, "AWS::ApiGatewayV2::Authorizer");
+    let authorizer = &authorizers["ConnectAuthorizer"]["Properties"];
+    assert_eq!(authorizer["AuthorizerType"].as_str(), Some("REQUEST"));
+    assert_eq!(
+        strings(&authorizer["IdentitySource"]),
+        ["route.request.querystring.token"]
+    );
+    assert!(
+        strings(&authorizer["AuthorizerUri"])
+            .concat()
+            .contains("${AuthorizerFunction.Arn}")
+    );
+
+    let routes = resources(&template, "AWS::ApiGatewayV2::Route");
+    for (id, route) in &routes {
+        let properties = &route["Properties"];
+        if properties["RouteKey"].as_str() == Some("$connect") {
+            assert_eq!(
+                strings(&properties["AuthorizationType"]),
+                ["AuthOn", "CUSTOM", "NONE"],
+                "{id}"
+            );
+            assert_eq!(
+                strings(&properties["AuthorizerId"]),
+                ["AuthOn", "ConnectAuthorizer", "AWS::NoValue"],
+                "{id}"
+            );
+        } else {
+            // API Gateway allows an authorizer on $connect only.
+            assert!(properties.get("AuthorizerId").is_none(), "{id}");
+        }
+    }
+    // The secret is never echoed.
+    assert_eq!(
+        template["Parameters"]["JwtSecret"]["NoEcho"].as_bool(),
+        Some(true)
+    );
 }
 
 #[test]
@@ -239,6 +329,14 @@ fn the_api_routes_on_action_with_every_route_and_route_responses() {
             Some("apigateway.amazonaws.com")
         );
         let source = strings(&properties["SourceArn"]).concat();
+        if target(&properties["FunctionName"]) == "AuthorizerFunction" {
+            // The authorizer, for this API's own authorizer only.
+            assert_eq!(
+                source,
+                "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/authorizers/${ConnectAuthorizer}"
+            );
+            continue;
+        }
         let route = source
             .strip_prefix("arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/${StageName}/")
             .unwrap_or_else(|| panic!("SourceArn of one route of this API and stage: {source}"));
@@ -326,7 +424,10 @@ fn env_example_lists_every_variable() {
         .map(|line| line.trim_start_matches('#').trim())
         .filter_map(|line| line.split_once('=').map(|(name, _)| name.trim()))
         .collect();
-    for name in chat_lambda::config::VARIABLES {
+    for name in chat_lambda::config::VARIABLES
+        .into_iter()
+        .chain(chat_lambda::authorizer::VARIABLES)
+    {
         assert!(listed.contains(name), "{name} is missing from .env.example");
     }
 }

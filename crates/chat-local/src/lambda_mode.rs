@@ -9,9 +9,15 @@
 //! (`AWS_ENDPOINT_URL_DYNAMODB`), and the management notifier posting to
 //! `http://{domainName}/{stage}`, which is this gateway's own `@connections` API (the events name
 //! its loopback address; the handlers use `http` here where AWS needs `https`).
+//!
+//! With authentication configured, the `$connect` REQUEST authorizer of `chat-lambda` runs first,
+//! on the event API Gateway would give it: `Unauthorized` is a 401, a policy that does not allow
+//! the route a 403, and an allowed connection's context (with `principalId`) goes into
+//! `requestContext.authorizer` of every event of that connection, as on AWS.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,11 +25,13 @@ use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::encodings::Body;
+use aws_lambda_events::iam::IamPolicyEffect;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
 use chat_core::domain::ConnectionId;
 use chat_core::protocol::{Inbound, Payload, route_key};
 use chat_lambda::{
-    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest, Config, Handlers, ManagementEndpoint,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse,
+    ApiGatewayWebsocketProxyRequest, Authorizer, Config, Denied, Handlers, ManagementEndpoint,
 };
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -54,12 +62,7 @@ pub async fn serve(
     sdk: SdkConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
-    // On AWS, tokens are checked by the $connect authorizer, which this mode does not run yet:
-    // refuse to start rather than accept everyone.
-    anyhow::ensure!(
-        settings.auth.verifier()?.is_none(),
-        "authentication (--jwt-secret, --jwks-file) is not available with --backend lambda"
-    );
+    let authorizer = settings.auth.verifier()?.map(Authorizer::with_verifier);
     let listener = TcpListener::bind(settings.addr).await?;
     let addr = listener.local_addr()?;
     let tables = Tables::new(&settings.websocket_table, &settings.messages_table);
@@ -92,6 +95,8 @@ pub async fn serve(
     let registry = Arc::new(Registry::new(settings.max_connections, settings.send_queue));
     let backend = Arc::new(LambdaBackend {
         handlers: Handlers::on_aws(&sdk, &config),
+        authorizer,
+        authorized: Mutex::new(HashMap::new()),
         registry: registry.clone(),
         domain: loopback(addr).to_string(),
         stage: settings.stage.clone(),
@@ -116,6 +121,10 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 /// The Lambda handlers behind the local gateway.
 pub struct LambdaBackend {
     handlers: Handlers,
+    /// The `$connect` authorizer, when authentication is on.
+    authorizer: Option<Authorizer>,
+    /// The authorizer's context for each connection it allowed (`requestContext.authorizer`).
+    authorized: Mutex<HashMap<ConnectionId, Value>>,
     /// The gateway's live connections: what API Gateway knows of each (when it connected, from
     /// where) and puts in every event.
     registry: Arc<Registry>,
@@ -151,10 +160,87 @@ impl LambdaBackend {
             "connectionId": connection_id.as_str(),
             "apiId": API_ID,
         });
-        match context {
-            Value::Object(map) => map,
-            _ => unreachable!("a JSON object literal"),
+        let Value::Object(mut map) = context else {
+            unreachable!("a JSON object literal")
+        };
+        if let Some(authorizer) = self.authorized_context(connection_id) {
+            map.insert("authorizer".into(), authorizer);
         }
+        map
+    }
+
+    fn authorized_context(&self, connection_id: &ConnectionId) -> Option<Value> {
+        self.authorized
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(connection_id)
+            .cloned()
+    }
+
+    fn set_authorized_context(&self, connection_id: &ConnectionId, context: Option<Value>) {
+        let mut authorized = self
+            .authorized
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match context {
+            Some(context) => authorized.insert(connection_id.clone(), context),
+            None => authorized.remove(connection_id),
+        };
+    }
+
+    /// The event API Gateway gives a REQUEST authorizer: the handshake's headers, query string
+    /// and request context, the route's ARN.
+    fn authorizer_event(&self, connect_event: &Value) -> Value {
+        let mut event = connect_event.clone();
+        event["type"] = json!("REQUEST");
+        event["methodArn"] = json!(format!(
+            "arn:aws:execute-api:us-east-1:000000000000:{API_ID}/{}/$connect",
+            self.stage
+        ));
+        event["stageVariables"] = json!({});
+        if let Some(fields) = event.as_object_mut() {
+            fields.remove("isBase64Encoded");
+        }
+        event
+    }
+
+    /// Runs the authorizer as API Gateway would: the context for `requestContext.authorizer`,
+    /// or the handshake's refusal.
+    async fn authorize(
+        &self,
+        authorizer: &Authorizer,
+        connect_event: &Value,
+    ) -> Result<Value, Refusal> {
+        let refusal = |status: u16, message: &str| Refusal {
+            status,
+            message: message.into(),
+        };
+        let event: ApiGatewayCustomAuthorizerRequestTypeRequest =
+            serde_json::from_value(self.authorizer_event(connect_event))
+                .map_err(|_| refusal(500, "Internal server error"))?;
+        let started = std::time::Instant::now();
+        let response = match authorizer.authorize(&event).await {
+            Ok(response) => response,
+            Err(Denied::Unauthorized(_)) => return Err(refusal(401, "Unauthorized")),
+            Err(Denied::KeysUnavailable(_)) => return Err(refusal(500, "Internal server error")),
+        };
+        let method_arn = event.method_arn.unwrap_or_default();
+        let allowed = response.policy_document.statement.iter().any(|statement| {
+            statement.effect == IamPolicyEffect::Allow && statement.resource.contains(&method_arn)
+        });
+        if !allowed {
+            return Err(refusal(403, "Forbidden"));
+        }
+        let mut context = match response.context {
+            Value::Object(context) => context,
+            _ => Map::new(),
+        };
+        context.insert("principalId".into(), json!(response.principal_id));
+        context.insert(
+            "integrationLatency".into(),
+            json!(started.elapsed().as_millis() as u64),
+        );
+        Ok(Value::Object(context))
     }
 
     /// When the connection was made and from where, as the gateway recorded it.
@@ -292,7 +378,14 @@ fn body_text(response: &ApiGatewayProxyResponse) -> Option<String> {
 #[async_trait]
 impl Backend for LambdaBackend {
     async fn connect(&self, handshake: &Handshake) -> Result<(), Refusal> {
-        let Some(event) = to_request(self.connect_event(handshake)) else {
+        let mut event = self.connect_event(handshake);
+        if let Some(authorizer) = &self.authorizer {
+            let context = self.authorize(authorizer, &event).await?;
+            event["requestContext"]["authorizer"] = context.clone();
+            self.set_authorized_context(&handshake.connection_id, Some(context));
+        }
+        let Some(event) = to_request(event) else {
+            self.set_authorized_context(&handshake.connection_id, None);
             return Err(Refusal {
                 status: 500,
                 message: "Internal server error".into(),
@@ -302,6 +395,7 @@ impl Backend for LambdaBackend {
         if (200..300).contains(&response.status_code) {
             return Ok(());
         }
+        self.set_authorized_context(&handshake.connection_id, None);
         // API Gateway answers the handshake with the function's status.
         let message = body_text(&response)
             .and_then(|body| serde_json::from_str::<Value>(&body).ok())
@@ -324,6 +418,7 @@ impl Backend for LambdaBackend {
         if let Some(event) = to_request(self.disconnect_event(connection_id)) {
             self.handlers.disconnect(event).await;
         }
+        self.set_authorized_context(connection_id, None);
     }
 
     async fn shutdown(&self) {}
@@ -361,6 +456,65 @@ mod tests {
             request_time(1_795_857_657_123),
             "28/Nov/2026:09:20:57 +0000"
         );
+    }
+
+    /// The authorizer's context is in every event of the connection it allowed, as on AWS, and
+    /// forgotten at `$disconnect`.
+    #[tokio::test]
+    async fn the_authorizer_context_goes_into_every_event_of_the_connection() {
+        use chat_core::memory::{MemoryConnections, MemoryMessages, RecordingNotifier};
+        use chat_lambda::FixedNotifier;
+
+        let secret = b"a secret for the lambda mode test";
+        let backend = LambdaBackend {
+            handlers: Handlers::new(
+                Arc::new(MemoryConnections::new()),
+                Arc::new(MemoryMessages::new()),
+                Arc::new(FixedNotifier(Arc::new(RecordingNotifier::default()))),
+                chat_core::ChatConfig::default(),
+            ),
+            authorizer: Some(Authorizer::with_verifier(chat_auth::Verifier::hs256(
+                secret,
+            ))),
+            authorized: Mutex::new(HashMap::new()),
+            registry: Arc::new(Registry::new(10, 10)),
+            domain: "127.0.0.1:9".into(),
+            stage: "dev".into(),
+        };
+        let claims = chat_auth::MintClaims {
+            sub: "u-1".into(),
+            name: Some("Ada".into()),
+            exp: chat_auth::now_secs() + 600,
+            iat: chat_auth::now_secs(),
+            iss: None,
+            aud: None,
+        };
+        let token = chat_auth::mint_hs256(secret, &claims).unwrap();
+        let handshake = |token: &str| Handshake {
+            connection_id: ConnectionId::random(),
+            query: vec![("token".into(), token.into())],
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: None,
+            connected_at_ms: now_ms(),
+        };
+        let refused = backend.connect(&handshake("forged")).await.unwrap_err();
+        assert_eq!(refused.status, 401);
+
+        let ada = handshake(&token);
+        backend.connect(&ada).await.unwrap();
+        let event =
+            backend.message_event(&ada.connection_id, Inbound::Text(r#"{"action":"ping"}"#));
+        let context = &event["requestContext"]["authorizer"];
+        assert_eq!(context["userId"], "u-1");
+        assert_eq!(context["name"], "Ada");
+        assert_eq!(context["principalId"], "u-1");
+        assert!(to_request(event).is_some(), "the handlers can read it");
+        assert_eq!(
+            backend.disconnect_event(&ada.connection_id)["requestContext"]["authorizer"]["userId"],
+            "u-1"
+        );
+        backend.disconnect(&ada.connection_id).await;
+        assert!(backend.authorized.lock().unwrap().is_empty());
     }
 
     #[test]

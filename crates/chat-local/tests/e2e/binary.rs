@@ -210,7 +210,7 @@ async fn a_crash_loses_no_acknowledged_message() {
     }
 }
 
-fn mint(secret: &str, sub: &str, name: Option<&str>, ttl: &str) -> String {
+pub(crate) fn mint(secret: &str, sub: &str, name: Option<&str>, ttl: &str) -> String {
     let mut command = Command::new(CHAT);
     command.args(["token", "--secret", secret, "--sub", sub, "--ttl", ttl]);
     if let Some(name) = name {

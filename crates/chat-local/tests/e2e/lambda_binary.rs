@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::binary::Process;
+use crate::binary::{Process, mint};
 use crate::support::Client;
 
 #[tokio::test]
@@ -64,4 +64,70 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
         .unwrap();
     assert!(stored.item.is_some());
     assert!(!dir.path().join("chat.db").exists());
+}
+
+/// With a JWT secret, the Lambda mode runs the `$connect` authorizer of `chat-lambda` before the
+/// `connect` function, as API Gateway would: 401 without a valid token, and the user it names
+/// stored with the connection in DynamoDB.
+#[tokio::test]
+async fn with_auth_the_authorizer_runs_before_connect() {
+    let endpoint = chat_aws::testing::dynamodb_endpoint();
+    let tables = chat_aws::testing::unique_tables("authz");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "lambda-mode-secret-0123456789abcdef";
+    let args = [
+        "--backend",
+        "lambda",
+        "--create-tables",
+        "--websocket-table",
+        &tables.connections,
+        "--messages-table",
+        &tables.messages,
+        "--jwt-secret",
+        secret,
+    ];
+    let env = [
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let process = Process::start(dir.path(), &args, &env);
+    let url = format!("ws://{}/dev", process.addr);
+    assert_eq!(Client::refused_status(&url).await, 401, "no token");
+    assert_eq!(
+        Client::refused_status(&format!("{url}?token=not.a.jwt")).await,
+        401
+    );
+    let forged = mint("another-secret", "u-1", Some("Ada"), "1h");
+    assert_eq!(
+        Client::refused_status(&format!("{url}?token={forged}")).await,
+        401,
+        "wrong secret"
+    );
+
+    let token = mint(secret, "u-1", Some("Ada"), "1h");
+    let mut ada = Client::connect(&format!("{url}?token={token}&name=Mallory")).await;
+    let ack = ada
+        .request(json!({"action":"sendMessage","text":"authorized","clientMsgId":"z1"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    let members = ada
+        .request(json!({"action":"members","room":"lobby"}))
+        .await;
+    assert_eq!(members["members"], json!([{"name":"Ada","userId":"u-1"}]));
+    // Retries are keyed by the user across connections, through the connections table.
+    let other = mint(secret, "u-1", Some("Ada L."), "1h");
+    let mut again = Client::connect(&format!("{url}?token={other}")).await;
+    let retry = again
+        .request(json!({"action":"sendMessage","text":"authorized","clientMsgId":"z1"}))
+        .await;
+    assert_eq!(retry["id"], ack["id"]);
+    let message = again
+        .request(json!({"action":"history","room":"lobby"}))
+        .await;
+    assert_eq!(
+        message["messages"][0]["sender"],
+        json!({"name":"Ada","userId":"u-1"})
+    );
 }
