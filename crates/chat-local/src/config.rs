@@ -55,6 +55,17 @@ pub struct Settings {
     #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// A connection whose socket accepts nothing for this long (the client stopped reading
+    /// and the kernel's send buffer is full) is a slow consumer too, and is closed (1008).
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// The kernel send buffer of each connection, in bytes (SO_SNDBUF; Linux doubles it for its
+    /// bookkeeping). Fixed rather than autotuned (up to 4 MiB per socket), so that clients that
+    /// stop reading hold little kernel memory and are noticed soon. 0: the kernel's autotuning.
+    #[arg(long, env = "CHAT_SEND_BUFFER", default_value_t = 64 * 1024)]
+    pub send_buffer: usize,
+
     /// sendMessage allowance per connection: the burst.
     #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 20)]
     pub rate_burst: u32,
@@ -116,6 +127,8 @@ impl Settings {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(7200),
             send_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+            send_buffer: 64 * 1024,
             rate_burst: 20,
             rate_per_second: 10,
             ip_connect_burst: 100,

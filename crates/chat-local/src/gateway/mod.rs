@@ -154,10 +154,16 @@ pub fn router(state: AppState) -> Router {
 
 async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    let send_buffer = state.settings.send_buffer;
+    let listener = listener.tap_io(move |tcp| {
         // Chat frames are small and latency matters more than packet count.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if send_buffer > 0
+            && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+        {
+            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
         }
     });
     let shutdown = state.shutdown.clone();

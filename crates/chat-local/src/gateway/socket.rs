@@ -30,7 +30,12 @@ where
         + 'static,
 {
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, queue, handle.clone()));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        handle.clone(),
+        state.settings.write_timeout,
+    ));
     read_loop(stream, &state, &handle).await;
     // Whatever ended the reader, the writer must end too.
     handle.close(close_code::NORMAL, "");
@@ -125,8 +130,12 @@ fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
     }
 }
 
-async fn write_loop<S>(mut sink: S, mut queue: Frames, handle: Arc<ConnectionHandle>)
-where
+async fn write_loop<S>(
+    mut sink: S,
+    mut queue: Frames,
+    handle: Arc<ConnectionHandle>,
+    write_timeout: Duration,
+) where
     S: Sink<Message, Error = AxumError> + Unpin,
 {
     // One lock-free wait for the whole connection, polled again on each wake-up.
@@ -151,16 +160,26 @@ where
             }
             sink.flush().await
         };
-        // A client that stops reading blocks the write; closing must not wait for it.
+        // A client that stops reading blocks the write; closing must not wait for it, and a
+        // write that makes no headway for `write_timeout` is a slow consumer's.
         let written = tokio::select! {
             biased;
             () = &mut closed => break,
-            written = write => written,
+            written = timeout(write_timeout, write) => written,
         };
-        if written.is_err() {
-            // The socket is broken: make the reader stop too.
-            handle.close(close_code::GOING_AWAY, "");
-            return;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The socket is broken: make the reader stop too.
+                handle.close(close_code::GOING_AWAY, "");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::warn!(connection = %handle.id, "slow consumer: socket blocked, closing");
+                // The close frame cannot go out through a full socket; it is tried, briefly.
+                handle.close(close_code::POLICY, "slow consumer: not reading");
+                break;
+            }
         }
     }
     if let Some((code, reason)) = handle.close_frame() {

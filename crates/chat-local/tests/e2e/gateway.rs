@@ -265,6 +265,77 @@ async fn a_slow_consumer_is_disconnected_and_the_others_keep_receiving() {
     }
 }
 
+/// Reads what has arrived; returns how many chat messages it was.
+async fn drain(client: &mut Client) -> usize {
+    let mut messages = 0;
+    while let Ok(Some(frame)) = tokio::time::timeout(
+        Duration::from_millis(1),
+        futures_util::StreamExt::next(&mut client.ws),
+    )
+    .await
+    {
+        if let Ok(Message::Text(text)) = frame
+            && text.as_str().starts_with(r#"{"type":"message""#)
+        {
+            messages += 1;
+        }
+    }
+    messages
+}
+
+/// With room left in its queue, a client whose socket has taken nothing for the write timeout
+/// is closed all the same: it holds kernel memory (its send buffer) and never catches up.
+#[tokio::test]
+async fn a_client_that_accepts_nothing_for_the_write_timeout_is_disconnected() {
+    let server = TestServer::start_with(|s| {
+        s.send_queue = 1_000_000;
+        s.write_timeout = Duration::from_secs(1);
+        s.send_buffer = 16 * 1024;
+        s.rate_burst = 1_000_000;
+        s.rate_per_second = 1_000_000;
+    })
+    .await;
+    let slow = server.client("slow").await; // never reads
+    let mut ada = server.client("ada").await;
+    let mut bob = server.client("bob").await;
+    let big = "z".repeat(3900);
+    // About 1 MB for `slow`: far more than its socket buffers hold, far less than its queue.
+    // Ada and Bob read as it goes (they too would be closed, were they to stop for a second).
+    let mut received = 0;
+    for i in 0..250 {
+        ada.send(json!({"action":"sendMessage","text":format!("{i} {big}")}))
+            .await;
+        if i % 10 == 9 {
+            received += drain(&mut bob).await;
+            drain(&mut ada).await;
+        }
+    }
+    while received < 250 {
+        if bob.recv().await["type"] == "message" {
+            received += 1;
+        }
+    }
+    let started = tokio::time::Instant::now();
+    while server.connection_ids().len() == 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the blocked client was not disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(slow);
+    // The others go on.
+    let ack = ada
+        .request(json!({"action":"sendMessage","text":"after","clientMsgId":"after"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    loop {
+        if bob.recv().await["clientMsgId"] == "after" {
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn shutdown_closes_every_connection_with_1001_and_keeps_the_messages() {
     let mut server = TestServer::start().await;
