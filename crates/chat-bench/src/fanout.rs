@@ -36,7 +36,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// Latencies are recorded in µs, up to 10 minutes.
-const MAX_LATENCY_US: u64 = 600_000_000;
+pub const MAX_LATENCY_US: u64 = 600_000_000;
 /// The latency bound of the step-up search.
 pub const P99_BOUND_MS: f64 = 50.0;
 
@@ -162,11 +162,32 @@ struct Shared {
     sent_total: AtomicU64,
     acked_total: AtomicU64,
     send_errors: AtomicU64,
+    /// Reading connections that ended before the run stopped (closed by the server, or broken).
+    closed: AtomicU64,
+    /// `error` frames received.
+    error_frames: AtomicU64,
+    /// The first few error frames and close reasons, verbatim.
+    incidents: Mutex<Vec<String>>,
 }
+
+/// Incidents kept verbatim; the rest are only counted.
+const MAX_INCIDENTS: usize = 20;
 
 impl Shared {
     fn step(&self, step: u32) -> Option<&StepCounters> {
         self.steps.get(step as usize)
+    }
+
+    fn note(&self, incident: String) {
+        if let Ok(mut incidents) = self.incidents.lock()
+            && incidents.len() < MAX_INCIDENTS
+        {
+            incidents.push(incident);
+        }
+    }
+
+    fn incidents(&self) -> Vec<String> {
+        self.incidents.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
     fn on_ack(&self, me: usize, step: u32, seq: u32) {
@@ -254,274 +275,36 @@ pub async fn run(
     label: &str,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<RunResult> {
-    let proto = server.kind.proto();
-    let n = scenario.connections;
-    let room_size = scenario.room_size.max(1);
-    let is_slow = |i: usize| {
-        scenario
-            .slow_every
-            .is_some_and(|k| k > 0 && i % room_size % k == k - 1)
-    };
-    let server_rss_idle = server.rss_bytes();
+    let mut fleet = Fleet::connect(server, scenario, label, progress).await?;
+    let server_rss_connected = fleet.settle(server).await;
 
-    // 1. Connect and join, a few hundred handshakes at a time.
-    let started = Instant::now();
-    let permits = Arc::new(Semaphore::new(256));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permits = permits.clone();
-        let addr = server.addr;
-        let slow = is_slow(i);
-        let options = Options {
-            source: client::source_for(i, n),
-            recv_buffer: slow.then_some(scenario.slow_recv_buffer),
-        };
-        let room = i / room_size;
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let mut ws = client::open(addr, proto, options).await?;
-            client::join(&mut ws, proto, &format!("r{room}")).await?;
-            anyhow::Ok(Conn {
-                index: i,
-                room,
-                slow,
-                ws,
-            })
-        });
-    }
-    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
-    let mut last_report = Instant::now();
-    let mut done = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let conn = joined
-            .context("a connection task failed")?
-            .with_context(|| format!("{label}: cannot connect and join"))?;
-        let i = conn.index;
-        conns[i] = Some(conn);
-        done += 1;
-        if last_report.elapsed() > Duration::from_secs(1) {
-            progress(&format!("{label}: connected {done}/{n}"));
-            last_report = Instant::now();
-        }
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    progress(&format!(
-        "{label}: {n} connections in rooms of {room_size} in {connect_secs:.1} s"
-    ));
-
-    // 2. Readers and writers.
-    let recipients: Vec<u64> = (0..n)
-        .map(|i| {
-            let room = i / room_size;
-            let members = (room * room_size)..((room + 1) * room_size).min(n);
-            members.filter(|&m| !is_slow(m)).count() as u64
-        })
-        .collect();
-    let shared = Arc::new(Shared {
-        proto,
-        // Room for each planned step to be run twice (see `retried` below).
-        steps: (0..scenario.steps.len() * 2)
-            .map(|_| StepCounters::new())
-            .collect(),
-        acked_upto: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        recipients,
-        sent_total: AtomicU64::new(0),
-        acked_total: AtomicU64::new(0),
-        send_errors: AtomicU64::new(0),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut senders = Vec::with_capacity(n);
-    let mut readers = Vec::with_capacity(n);
-    let mut writers = Vec::with_capacity(n);
-    for conn in conns
-        .into_iter()
-        .map(|c| c.expect("every connection joined"))
-    {
-        let (sink, stream) = conn.ws.split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let room_start = conn.room * room_size;
-        let room_len = ((conn.room + 1) * room_size).min(n) - room_start;
-        let receiver = Receiver {
-            index: conn.index,
-            streams: vec![Stream::default(); room_len],
-            closed: false,
-        };
-        let text_bytes = scenario.text_bytes;
-        writers.push(tokio::spawn(write_loop(
-            sink,
-            rx,
-            shared.clone(),
-            format!("r{}", conn.room),
-            conn.index as u32,
-            text_bytes,
-        )));
-        readers.push(if conn.slow {
-            tokio::spawn(slow_read_loop(stream, receiver, stop_rx.clone()))
-        } else {
-            tokio::spawn(read_loop(
-                stream,
-                receiver,
-                room_start,
-                shared.clone(),
-                tx.clone(),
-                stop_rx.clone(),
-            ))
-        });
-        senders.push(tx);
-    }
-
-    // Let the server finish what the joins set off (presence events, member lists: in one
-    // room of 1,000, half a million frames) (the readers drain it) before measuring anything: wait until it idles.
-    let settle_until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cpu0 = server.cpu_seconds();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if server.cpu_seconds() - cpu0 < 0.03 || Instant::now() > settle_until {
-            break;
-        }
-    }
-    let server_rss_connected = server.rss_bytes();
-
-    // Publishers in an order that visits every room before a room's second member.
-    let mut publishers: Vec<usize> = (0..n).filter(|&i| !is_slow(i)).collect();
-    publishers.sort_by_key(|&i| (i % room_size, i / room_size));
-    let publishers = Arc::new(publishers);
-    let senders = Arc::new(senders);
-    let seqs = Arc::new(Mutex::new(vec![0u32; n]));
-
-    // 3. The steps.
     let mut steps = Vec::new();
     // The machine is shared: one stall of a few hundred ms (another process on the server's
     // core) fails a step on its own. In a step-up search a step that misses is run once more,
     // and the rate fails only if it misses twice; both runs are reported.
     let mut plan: std::collections::VecDeque<(f64, f64, bool)> =
         scenario.steps.iter().map(|&(r, s)| (r, s, false)).collect();
-    let mut next_step = 0u32;
     while let Some((rate, secs, retried)) = plan.pop_front() {
-        let step = next_step;
-        next_step += 1;
-        let cpu0 = server.cpu_seconds();
-        let self_cpu0 = procfs::self_cpu_seconds();
-        let t0 = Instant::now();
-        let aborted = Arc::new(AtomicBool::new(false));
-        let schedule = {
-            let (shared, publishers, senders, seqs, aborted) = (
-                shared.clone(),
-                publishers.clone(),
-                senders.clone(),
-                seqs.clone(),
-                aborted.clone(),
-            );
-            std::thread::Builder::new()
-                .name("schedule".into())
-                .spawn(move || {
-                    schedule(
-                        step,
-                        rate,
-                        secs,
-                        &publishers,
-                        &senders,
-                        &seqs,
-                        &shared,
-                        &aborted,
-                    )
-                })?
-        };
-        let mut rss_max = 0;
-        let counters = &shared.steps[step as usize];
+        let number = fleet.steps_run() + 1;
         let mut last = Instant::now();
-        while !schedule.is_finished() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            rss_max = rss_max.max(server.rss_bytes());
+        let mut report = |live: &Live| {
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
-                let p99 = counters
-                    .hist
-                    .lock()
-                    .map(|h| h.value_at_quantile(0.99))
-                    .unwrap_or(0);
                 progress(&format!(
-                    "{label}: step {} at {rate:.0} msg/s: {:.0}/{secs:.0} s, sent {}, delivered {}, p99 {:.1} ms, server RSS {:.0} MB",
-                    step + 1,
-                    t0.elapsed().as_secs_f64(),
-                    shared.sent_total.load(Ordering::Relaxed),
-                    counters.delivered.load(Ordering::Relaxed),
-                    p99 as f64 / 1000.0,
-                    rss_max as f64 / 1e6,
+                    "{label}: step {number} at {rate:.0} msg/s: {:.0}/{secs:.0} s, sent {}, delivered {}, p99 {:.1} ms, server RSS {:.0} MB",
+                    live.elapsed_secs(),
+                    live.sent(),
+                    live.delivered(),
+                    live.p99_ms(),
+                    live.rss_max() as f64 / 1e6,
                 ));
             }
-        }
-        let sent = schedule
-            .join()
-            .map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
-        let send_window = t0.elapsed().as_secs_f64();
-        // Drain: everything sent acknowledged, everything acknowledged delivered.
-        let drain_until = Instant::now() + scenario.drain;
-        while Instant::now() < drain_until {
-            let all_acked = shared.acked_total.load(Ordering::Relaxed)
-                >= shared.sent_total.load(Ordering::Relaxed);
-            let all_delivered = counters.delivered.load(Ordering::Relaxed)
-                >= counters.expected.load(Ordering::Relaxed);
-            if all_acked && all_delivered {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            rss_max = rss_max.max(server.rss_bytes());
-        }
-        let wall = t0.elapsed().as_secs_f64();
-        let server_cpu_s = server.cpu_seconds() - cpu0;
-        let loadgen_cpu_s = procfs::self_cpu_seconds() - self_cpu0;
-        let server_rss_end = server.rss_bytes();
-        let result = {
-            let hist = counters.hist.lock().expect("histogram lock");
-            let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-            let acked = counters.acked.load(Ordering::Relaxed);
-            let expected = counters.expected.load(Ordering::Relaxed);
-            let delivered = counters.delivered.load(Ordering::Relaxed);
-            let duplicates = counters.duplicates.load(Ordering::Relaxed);
-            let reordered = counters.reordered.load(Ordering::Relaxed);
-            let lost = expected.saturating_sub(delivered) + sent.saturating_sub(acked);
-            let aborted = aborted.load(Ordering::Relaxed);
-            let p99_ms = ms(0.99);
-            let held = !aborted
-                && !hist.is_empty()
-                && p99_ms <= P99_BOUND_MS
-                && lost == 0
-                && duplicates == 0
-                && reordered == 0;
-            StepResult {
-                rate,
-                secs,
-                sent,
-                acked,
-                expected,
-                delivered,
-                lost,
-                duplicates,
-                reordered,
-                deliveries_per_sec: delivered as f64 / send_window.max(1e-9),
-                p50_ms: ms(0.5),
-                p99_ms,
-                p999_ms: ms(0.999),
-                max_ms: hist.max() as f64 / 1000.0,
-                server_cpu_s,
-                server_rss_max: rss_max.max(server_rss_end),
-                server_rss_end,
-                loadgen_cpu_s,
-                loadgen_util: loadgen_cpu_s / wall.max(1e-9),
-                aborted,
-                held,
-                server_cpu_us_per_delivery: if delivered > 0 {
-                    server_cpu_s * 1e6 / delivered as f64
-                } else {
-                    f64::NAN
-                },
-                retry: false,
-            }
         };
+        let result = fleet
+            .step(server, rate, secs, scenario.drain, &mut report)
+            .await?;
         progress(&format!(
-            "{label}: step {} at {rate:.0} msg/s {}: {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms, lost {}, dup {}, reordered {}, server {:.2} µs CPU/delivery, load generator {:.0} % of its core",
-            step + 1,
+            "{label}: step {number} at {rate:.0} msg/s {}: {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms, lost {}, dup {}, reordered {}, server {:.2} µs CPU/delivery, load generator {:.0} % of its core",
             if result.held { "held" } else { "did NOT hold" },
             result.deliveries_per_sec,
             result.p50_ms,
@@ -548,30 +331,462 @@ pub async fn run(
         }
     }
 
-    // 4. Stop: readers report what they saw; slow consumers read what is left, to see
-    // whether the server closed them.
-    let _ = stop_tx.send(true);
-    let mut receivers = Vec::with_capacity(n);
-    for reader in readers {
-        receivers.push(reader.await.context("a reader panicked")?);
-    }
-    drop(senders);
-    for writer in writers {
-        writer.abort();
-    }
-    let slow: Vec<&Receiver> = receivers.iter().filter(|r| is_slow(r.index)).collect();
-    let slow_closed = slow.iter().filter(|r| r.closed).count();
-    let integrity = integrity(&receivers, &shared, room_size, n, &is_slow);
+    let connect_secs = fleet.connect_secs;
+    let server_rss_idle = fleet.server_rss_idle;
+    let end = fleet.finish().await?;
     Ok(RunResult {
         connect_secs,
         server_rss_idle,
         server_rss_connected,
         steps,
-        integrity,
-        slow: slow.len(),
-        slow_closed,
-        send_errors: shared.send_errors.load(Ordering::Relaxed),
+        integrity: end.integrity,
+        slow: end.slow,
+        slow_closed: end.slow_closed,
+        send_errors: end.send_errors,
     })
+}
+
+/// Whether connection `i` is a slow consumer (every `k`-th member of a room).
+fn is_slow(slow_every: Option<usize>, room_size: usize, i: usize) -> bool {
+    slow_every.is_some_and(|k| k > 0 && i % room_size % k == k - 1)
+}
+
+/// The clients of a run, connected and joined, each with a reader and a writer task: what the
+/// fan-out scenarios and the soak share. Steps of open-loop traffic run on it one after another.
+pub struct Fleet {
+    n: usize,
+    room_size: usize,
+    slow_every: Option<usize>,
+    shared: Arc<Shared>,
+    senders: Arc<Vec<mpsc::UnboundedSender<Cmd>>>,
+    readers: Vec<tokio::task::JoinHandle<Receiver>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+    /// The publishing connections, in an order that visits every room before a room's second
+    /// member; steps continue the round where the previous one stopped.
+    publishers: Arc<Vec<usize>>,
+    next_publisher: u64,
+    seqs: Arc<Mutex<Vec<u32>>>,
+    next_step: u32,
+    /// When the last step's first message was due.
+    last_step_started: Option<Instant>,
+    /// Seconds to connect and join every client.
+    pub connect_secs: f64,
+    /// Server RSS before the first connection.
+    pub server_rss_idle: u64,
+}
+
+/// What a fleet saw over its whole run, once stopped.
+pub struct FleetEnd {
+    pub integrity: Integrity,
+    pub slow: usize,
+    pub slow_closed: usize,
+    pub send_errors: u64,
+}
+
+/// A running step, as its watcher sees it (every 100 ms).
+pub struct Live<'a> {
+    elapsed: f64,
+    rss_max: u64,
+    counters: &'a StepCounters,
+    shared: &'a Shared,
+}
+
+impl Live<'_> {
+    /// Seconds since the step's first message was due.
+    pub fn elapsed_secs(&self) -> f64 {
+        self.elapsed
+    }
+    /// The highest server RSS seen in the step so far (sampled every 100 ms).
+    pub fn rss_max(&self) -> u64 {
+        self.rss_max
+    }
+    /// Messages handed to the connections, over the fleet's whole run.
+    pub fn sent(&self) -> u64 {
+        self.shared.sent_total.load(Ordering::Relaxed)
+    }
+    /// Messages acknowledged by the server, over the fleet's whole run.
+    pub fn acked(&self) -> u64 {
+        self.shared.acked_total.load(Ordering::Relaxed)
+    }
+    /// Deliveries of this step's messages (first copies only).
+    pub fn delivered(&self) -> u64 {
+        self.counters.delivered.load(Ordering::Relaxed)
+    }
+    /// A copy of this step's latency histogram so far (µs).
+    pub fn latency(&self) -> Histogram<u64> {
+        self.counters
+            .hist
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+    pub fn p99_ms(&self) -> f64 {
+        self.counters
+            .hist
+            .lock()
+            .map(|h| h.value_at_quantile(0.99))
+            .unwrap_or(0) as f64
+            / 1000.0
+    }
+    /// Sends that failed (a connection's writer gone or its socket broken), whole run.
+    pub fn send_errors(&self) -> u64 {
+        self.shared.send_errors.load(Ordering::Relaxed)
+    }
+    /// Reading connections the server closed (or that broke), whole run.
+    pub fn closed(&self) -> u64 {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+    /// `error` frames received, whole run.
+    pub fn error_frames(&self) -> u64 {
+        self.shared.error_frames.load(Ordering::Relaxed)
+    }
+    /// The first few error frames and close reasons, for the report.
+    pub fn incidents(&self) -> Vec<String> {
+        self.shared.incidents()
+    }
+}
+
+impl Fleet {
+    /// Opens and joins every connection (a few hundred handshakes at a time) and starts their
+    /// readers and writers. Room for `scenario.steps` to be run twice each (the retries).
+    pub async fn connect(
+        server: &Server,
+        scenario: &Scenario,
+        label: &str,
+        progress: &dyn Fn(&str),
+    ) -> anyhow::Result<Fleet> {
+        let proto = server.kind.proto();
+        let n = scenario.connections;
+        let room_size = scenario.room_size.max(1);
+        let slow_every = scenario.slow_every;
+        let server_rss_idle = server.rss_bytes();
+
+        // 1. Connect and join, a few hundred handshakes at a time.
+        let started = Instant::now();
+        let permits = Arc::new(Semaphore::new(256));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let permits = permits.clone();
+            let addr = server.addr;
+            let slow = is_slow(slow_every, room_size, i);
+            let options = Options {
+                source: client::source_for(i, n),
+                recv_buffer: slow.then_some(scenario.slow_recv_buffer),
+            };
+            let room = i / room_size;
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let mut ws = client::open(addr, proto, options).await?;
+                client::join(&mut ws, proto, &format!("r{room}")).await?;
+                anyhow::Ok(Conn {
+                    index: i,
+                    room,
+                    slow,
+                    ws,
+                })
+            });
+        }
+        let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+        let mut last_report = Instant::now();
+        let mut done = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let conn = joined
+                .context("a connection task failed")?
+                .with_context(|| format!("{label}: cannot connect and join"))?;
+            let i = conn.index;
+            conns[i] = Some(conn);
+            done += 1;
+            if last_report.elapsed() > Duration::from_secs(1) {
+                progress(&format!("{label}: connected {done}/{n}"));
+                last_report = Instant::now();
+            }
+        }
+        let connect_secs = started.elapsed().as_secs_f64();
+        progress(&format!(
+            "{label}: {n} connections in rooms of {room_size} in {connect_secs:.1} s"
+        ));
+
+        // 2. Readers and writers.
+        let recipients: Vec<u64> = (0..n)
+            .map(|i| {
+                let room = i / room_size;
+                let members = (room * room_size)..((room + 1) * room_size).min(n);
+                members
+                    .filter(|&m| !is_slow(slow_every, room_size, m))
+                    .count() as u64
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            proto,
+            // Room for each planned step to be run twice (see `retried` in `run`).
+            steps: (0..(scenario.steps.len() * 2).max(1))
+                .map(|_| StepCounters::new())
+                .collect(),
+            acked_upto: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            recipients,
+            sent_total: AtomicU64::new(0),
+            acked_total: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            error_frames: AtomicU64::new(0),
+            incidents: Mutex::new(Vec::new()),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut senders = Vec::with_capacity(n);
+        let mut readers = Vec::with_capacity(n);
+        let mut writers = Vec::with_capacity(n);
+        for conn in conns
+            .into_iter()
+            .map(|c| c.expect("every connection joined"))
+        {
+            let (sink, stream) = conn.ws.split();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let room_start = conn.room * room_size;
+            let room_len = ((conn.room + 1) * room_size).min(n) - room_start;
+            let receiver = Receiver {
+                index: conn.index,
+                streams: vec![Stream::default(); room_len],
+                closed: false,
+            };
+            writers.push(tokio::spawn(write_loop(
+                sink,
+                rx,
+                shared.clone(),
+                format!("r{}", conn.room),
+                conn.index as u32,
+                scenario.text_bytes,
+            )));
+            readers.push(if conn.slow {
+                tokio::spawn(slow_read_loop(stream, receiver, stop_rx.clone()))
+            } else {
+                tokio::spawn(read_loop(
+                    stream,
+                    receiver,
+                    room_start,
+                    shared.clone(),
+                    tx.clone(),
+                    stop_rx.clone(),
+                ))
+            });
+            senders.push(tx);
+        }
+
+        let mut publishers: Vec<usize> = (0..n)
+            .filter(|&i| !is_slow(slow_every, room_size, i))
+            .collect();
+        publishers.sort_by_key(|&i| (i % room_size, i / room_size));
+        Ok(Fleet {
+            n,
+            room_size,
+            slow_every,
+            shared,
+            senders: Arc::new(senders),
+            readers,
+            writers,
+            stop_tx,
+            publishers: Arc::new(publishers),
+            next_publisher: 0,
+            seqs: Arc::new(Mutex::new(vec![0u32; n])),
+            next_step: 0,
+            last_step_started: None,
+            connect_secs,
+            server_rss_idle,
+        })
+    }
+
+    /// Lets the server finish what the joins set off (presence events, member lists: in one
+    /// room of 1,000, half a million frames; the readers drain them) before anything is
+    /// measured: waits until it idles, at most a minute. Returns its RSS then.
+    pub async fn settle(&self, server: &Server) -> u64 {
+        let settle_until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let cpu0 = server.cpu_seconds();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if server.cpu_seconds() - cpu0 < 0.03 || Instant::now() > settle_until {
+                break;
+            }
+        }
+        server.rss_bytes()
+    }
+
+    /// Steps run so far.
+    pub fn steps_run(&self) -> u32 {
+        self.next_step
+    }
+
+    /// The last step as it stands (after `step` returned: with its drain).
+    pub fn last_step(&self) -> Option<Live<'_>> {
+        let started = self.last_step_started?;
+        Some(Live {
+            elapsed: started.elapsed().as_secs_f64(),
+            rss_max: 0,
+            counters: self
+                .shared
+                .steps
+                .get(self.next_step.checked_sub(1)? as usize)?,
+            shared: &self.shared,
+        })
+    }
+
+    /// One step: `rate` messages/s for `secs` seconds, open loop, then up to `drain` for
+    /// everything sent to be acknowledged and delivered. `watch` sees the step every 100 ms.
+    pub async fn step(
+        &mut self,
+        server: &Server,
+        rate: f64,
+        secs: f64,
+        drain: Duration,
+        watch: &mut dyn FnMut(&Live),
+    ) -> anyhow::Result<StepResult> {
+        let step = self.next_step;
+        anyhow::ensure!(
+            (step as usize) < self.shared.steps.len(),
+            "more steps than the fleet was set up for"
+        );
+        self.next_step += 1;
+        let shared = &self.shared;
+        let cpu0 = server.cpu_seconds();
+        let self_cpu0 = procfs::self_cpu_seconds();
+        let t0 = Instant::now();
+        self.last_step_started = Some(t0);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let first_publisher = self.next_publisher;
+        let schedule = {
+            let (shared, publishers, senders, seqs, aborted) = (
+                shared.clone(),
+                self.publishers.clone(),
+                self.senders.clone(),
+                self.seqs.clone(),
+                aborted.clone(),
+            );
+            std::thread::Builder::new()
+                .name("schedule".into())
+                .spawn(move || {
+                    schedule(
+                        step,
+                        rate,
+                        secs,
+                        &publishers,
+                        first_publisher,
+                        &senders,
+                        &seqs,
+                        &shared,
+                        &aborted,
+                    )
+                })?
+        };
+        let mut rss_max = 0;
+        let counters = &shared.steps[step as usize];
+        let live = |rss_max: u64| Live {
+            elapsed: t0.elapsed().as_secs_f64(),
+            rss_max,
+            counters,
+            shared,
+        };
+        while !schedule.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            rss_max = rss_max.max(server.rss_bytes());
+            watch(&live(rss_max));
+        }
+        let sent = schedule
+            .join()
+            .map_err(|_| anyhow::anyhow!("the schedule thread panicked"))?;
+        self.next_publisher += sent;
+        let send_window = t0.elapsed().as_secs_f64();
+        // Drain: everything sent acknowledged, everything acknowledged delivered.
+        let drain_until = Instant::now() + drain;
+        let mut last_watch = Instant::now();
+        while Instant::now() < drain_until {
+            let all_acked = shared.acked_total.load(Ordering::Relaxed)
+                >= shared.sent_total.load(Ordering::Relaxed);
+            let all_delivered = counters.delivered.load(Ordering::Relaxed)
+                >= counters.expected.load(Ordering::Relaxed);
+            if all_acked && all_delivered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            rss_max = rss_max.max(server.rss_bytes());
+            if last_watch.elapsed() >= Duration::from_millis(100) {
+                last_watch = Instant::now();
+                watch(&live(rss_max));
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let server_cpu_s = server.cpu_seconds() - cpu0;
+        let loadgen_cpu_s = procfs::self_cpu_seconds() - self_cpu0;
+        let server_rss_end = server.rss_bytes();
+        let hist = counters.hist.lock().expect("histogram lock");
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        let acked = counters.acked.load(Ordering::Relaxed);
+        let expected = counters.expected.load(Ordering::Relaxed);
+        let delivered = counters.delivered.load(Ordering::Relaxed);
+        let duplicates = counters.duplicates.load(Ordering::Relaxed);
+        let reordered = counters.reordered.load(Ordering::Relaxed);
+        let lost = expected.saturating_sub(delivered) + sent.saturating_sub(acked);
+        let aborted = aborted.load(Ordering::Relaxed);
+        let p99_ms = ms(0.99);
+        let held = !aborted
+            && !hist.is_empty()
+            && p99_ms <= P99_BOUND_MS
+            && lost == 0
+            && duplicates == 0
+            && reordered == 0;
+        Ok(StepResult {
+            rate,
+            secs,
+            sent,
+            acked,
+            expected,
+            delivered,
+            lost,
+            duplicates,
+            reordered,
+            deliveries_per_sec: delivered as f64 / send_window.max(1e-9),
+            p50_ms: ms(0.5),
+            p99_ms,
+            p999_ms: ms(0.999),
+            max_ms: hist.max() as f64 / 1000.0,
+            server_cpu_s,
+            server_rss_max: rss_max.max(server_rss_end),
+            server_rss_end,
+            loadgen_cpu_s,
+            loadgen_util: loadgen_cpu_s / wall.max(1e-9),
+            aborted,
+            held,
+            server_cpu_us_per_delivery: if delivered > 0 {
+                server_cpu_s * 1e6 / delivered as f64
+            } else {
+                f64::NAN
+            },
+            retry: false,
+        })
+    }
+
+    /// Stops: readers report what they saw; slow consumers read what is left, to see whether
+    /// the server closed them.
+    pub async fn finish(self) -> anyhow::Result<FleetEnd> {
+        let _ = self.stop_tx.send(true);
+        let mut receivers = Vec::with_capacity(self.n);
+        for reader in self.readers {
+            receivers.push(reader.await.context("a reader panicked")?);
+        }
+        drop(self.senders);
+        for writer in self.writers {
+            writer.abort();
+        }
+        let (slow_every, room_size) = (self.slow_every, self.room_size);
+        let is_slow = |i: usize| is_slow(slow_every, room_size, i);
+        let slow: Vec<&Receiver> = receivers.iter().filter(|r| is_slow(r.index)).collect();
+        let slow_closed = slow.iter().filter(|r| r.closed).count();
+        let integrity = integrity(&receivers, &self.shared, room_size, self.n, &is_slow);
+        Ok(FleetEnd {
+            integrity,
+            slow: slow.len(),
+            slow_closed,
+            send_errors: self.shared.send_errors.load(Ordering::Relaxed),
+        })
+    }
 }
 
 fn integrity(
@@ -618,6 +833,7 @@ fn schedule(
     rate: f64,
     secs: f64,
     publishers: &[usize],
+    first_publisher: u64,
     senders: &[mpsc::UnboundedSender<Cmd>],
     seqs: &Mutex<Vec<u32>>,
     shared: &Shared,
@@ -644,7 +860,7 @@ fn schedule(
             if due > now {
                 break;
             }
-            let publisher = publishers[(k % publishers.len() as u64) as usize];
+            let publisher = publishers[((first_publisher + k) % publishers.len() as u64) as usize];
             seqs[publisher] += 1;
             let cmd = Cmd::Publish {
                 step,
@@ -747,8 +963,28 @@ async fn read_loop(
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+            Some(Ok(Message::Close(frame))) => {
                 receiver.closed = true;
+                shared.closed.fetch_add(1, Ordering::Relaxed);
+                shared.note(match frame {
+                    Some(f) => format!(
+                        "connection {me} closed by the server: {} {}",
+                        f.code, f.reason
+                    ),
+                    None => format!("connection {me} closed by the server (no close frame)"),
+                });
+                break;
+            }
+            Some(Err(e)) => {
+                receiver.closed = true;
+                shared.closed.fetch_add(1, Ordering::Relaxed);
+                shared.note(format!("connection {me} broke: {e}"));
+                break;
+            }
+            None => {
+                receiver.closed = true;
+                shared.closed.fetch_add(1, Ordering::Relaxed);
+                shared.note(format!("connection {me} ended without a close frame"));
                 break;
             }
             Some(Ok(_)) => continue,
@@ -791,6 +1027,10 @@ async fn read_loop(
             Frame::Ack { step, seq } => shared.on_ack(me, step, seq),
             Frame::Ping => {
                 let _ = commands.send(Cmd::Pong);
+            }
+            Frame::Error => {
+                shared.error_frames.fetch_add(1, Ordering::Relaxed);
+                shared.note(format!("connection {me} got an error frame: {text}"));
             }
             Frame::Joined | Frame::Other => {}
         }

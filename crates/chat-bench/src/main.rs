@@ -12,6 +12,11 @@
 //! - slow consumers: rooms of 10 at the target load while 10 % of the clients read nothing;
 //! - capacity: 1k, 10k and 19.5k idle connections (a little under the 20,000 file descriptors
 //!   one process may hold here): server RSS per connection and connect rate.
+//!
+//!     chat-bench soak [--connections 10000] [--duration 600] [--out docs/bench]
+//!
+//! holds connections open for minutes under light traffic and checks that nothing is lost, no
+//! connection is dropped, no error happens and the server's RSS stays flat (`SOAK.md`).
 
 mod capacity;
 mod client;
@@ -20,6 +25,7 @@ mod procfs;
 mod proto;
 mod report;
 mod servers;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +53,8 @@ struct Cli {
 enum Command {
     /// Run the benchmark suite and write the report.
     Suite(SuiteArgs),
+    /// Hold many connections for minutes under light traffic: RSS flat, no errors, nothing lost.
+    Soak(soak::SoakArgs),
     /// Hold idle connections open (a worker of the capacity scenario, started by `suite`).
     #[command(hide = true)]
     Hold(HoldArgs),
@@ -92,31 +100,84 @@ struct SuiteArgs {
     /// The target publish rate (messages/s) in rooms of 10.
     #[arg(long, default_value_t = 4000.0)]
     target_rate: f64,
-    /// Core the servers are pinned to.
-    #[arg(long, default_value_t = 0)]
-    server_core: usize,
-    /// Core the load generator is pinned to.
-    #[arg(long, default_value_t = 1)]
-    client_core: usize,
-    /// Do not pin (for machines with one core).
-    #[arg(long)]
-    no_pin: bool,
-    /// Directory of the `chat` and `chat-relay` programs (default: beside this one).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    host: HostArgs,
     /// Directory of the Socket.IO server (server.js, with node_modules installed).
     #[arg(long)]
     socketio_dir: Option<PathBuf>,
-    /// Scratch directory for the chat's database and the servers' logs (default: beside the
-    /// programs, on the build's disk).
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
     /// The Node.js program.
     #[arg(long, default_value = "node")]
     node: String,
     /// Connections of the capacity scenario (default: 1000,10000,19500; quick: 1000).
     #[arg(long, value_delimiter = ',')]
     capacity: Option<Vec<usize>>,
+}
+
+/// Where the programs are, where they run and where they keep their files: the suite's and the
+/// soak's.
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Core the servers are pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub server_core: usize,
+    /// Core the load generator is pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub client_core: usize,
+    /// Do not pin (for machines with one core).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Directory of the `chat` and `chat-relay` programs (default: beside this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Scratch directory for the chat's database and the servers' logs (default: beside the
+    /// programs, on the build's disk).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+impl HostArgs {
+    /// The programs, with absolute paths (the Socket.IO server runs in its own directory), and
+    /// a scratch directory of this run's own.
+    pub fn programs(&self, socketio_dir: Option<PathBuf>, node: &str) -> anyhow::Result<Programs> {
+        let bin_dir = match &self.bin_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no directory")?
+                .to_path_buf(),
+        };
+        let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let bin_dir = absolute(bin_dir);
+        Ok(Programs {
+            chat: bin_dir.join("chat"),
+            relay: bin_dir.join("chat-relay"),
+            socketio_dir: absolute(socketio_dir.unwrap_or_else(servers::default_socketio_dir)),
+            node: node.to_owned(),
+            core: (!self.no_pin).then_some(self.server_core),
+            // On the disk of the build (a /tmp on tmpfs would make fsync free).
+            work_dir: self
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| bin_dir.join("chat-bench-work"))
+                .join(format!("run-{}", std::process::id())),
+        })
+    }
+
+    /// The cores, for the reports: (server, load generator), or `None` when not pinned.
+    pub fn pinned(&self) -> Option<(usize, usize)> {
+        (!self.no_pin).then_some((self.server_core, self.client_core))
+    }
+
+    /// Pins the load generator to its core (unless told not to) and starts its runtime.
+    fn runtime(&self) -> anyhow::Result<tokio::runtime::Runtime> {
+        if !self.no_pin {
+            procfs::pin_self(self.client_core)
+                .with_context(|| format!("cannot pin to core {}", self.client_core))?;
+        }
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,16 +231,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     procfs::raise_fd_limit();
     match cli.command {
-        Command::Suite(args) => {
-            if !args.no_pin {
-                procfs::pin_self(args.client_core)
-                    .with_context(|| format!("cannot pin to core {}", args.client_core))?;
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(suite(args))
-        }
+        Command::Suite(args) => args.host.runtime()?.block_on(suite(args)),
+        Command::Soak(args) => args.host.runtime()?.block_on(soak::run(args)),
         Command::Report { results, out } => {
             let suite: SuiteResults = serde_json::from_str(
                 &std::fs::read_to_string(&results)
@@ -213,33 +266,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     let progress = move |line: &str| {
         eprintln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64());
     };
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .to_path_buf(),
-    };
-    // Absolute paths: the Socket.IO server runs in its own directory.
-    let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-    let bin_dir = absolute(bin_dir);
-    let programs = Programs {
-        chat: bin_dir.join("chat"),
-        relay: bin_dir.join("chat-relay"),
-        socketio_dir: absolute(
-            args.socketio_dir
-                .clone()
-                .unwrap_or_else(servers::default_socketio_dir),
-        ),
-        node: args.node.clone(),
-        core: (!args.no_pin).then_some(args.server_core),
-        // On the disk of the build (a /tmp on tmpfs would make fsync free).
-        work_dir: args
-            .work_dir
-            .clone()
-            .unwrap_or_else(|| bin_dir.join("chat-bench-work"))
-            .join(format!("run-{}", std::process::id())),
-    };
+    let programs = args.host.programs(args.socketio_dir.clone(), &args.node)?;
     programs.check(&args.servers)?;
 
     let quick = args.quick;
@@ -406,7 +433,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         date: utc_now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         quick,
-        pinned: (!args.no_pin).then_some((args.server_core, args.client_core)),
+        pinned: args.host.pinned(),
         machine: procfs::machine(),
         loadavg_before: loadavg_before.trim().to_owned(),
         fsync_ms,
@@ -469,7 +496,7 @@ async fn run_fanout(
     result
 }
 
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -30,14 +30,74 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident set size in bytes, or 0 when the process is gone.
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The anonymous part of the resident set (the heap and stacks, not mapped files), in bytes.
+pub fn rss_anon_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A `kB` field of /proc/PID/status in bytes, or 0.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The file descriptors a process holds (its sockets included), or 0 when it is gone.
+pub fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// Time the threads of a process have spent runnable but waiting for a CPU (the second field
+/// of /proc/PID/task/TID/schedstat): time lost to other work on its cores. Threads come and go
+/// (a runtime's blocking pool) and take their figures with them, so the meter sums each
+/// thread's increments since it last looked.
+pub struct RunQueueWait {
+    pid: u32,
+    last: std::collections::HashMap<std::ffi::OsString, u64>,
+    total_ns: u64,
+}
+
+impl RunQueueWait {
+    pub fn new(pid: u32) -> RunQueueWait {
+        let mut meter = RunQueueWait {
+            pid,
+            last: Default::default(),
+            total_ns: 0,
+        };
+        meter.seconds();
+        meter.total_ns = 0;
+        meter
+    }
+
+    /// Seconds waited since the meter was made.
+    pub fn seconds(&mut self) -> f64 {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return self.total_ns as f64 / 1e9;
+        };
+        let mut now = std::collections::HashMap::new();
+        for task in tasks.filter_map(Result::ok) {
+            let Some(waited) = fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let tid = task.file_name();
+            let before = self.last.get(&tid).copied().unwrap_or(0);
+            self.total_ns += waited.saturating_sub(before);
+            now.insert(tid, waited);
+        }
+        self.last = now;
+        self.total_ns as f64 / 1e9
+    }
 }
 
 /// CPU seconds of this process.

@@ -41,6 +41,8 @@ pub enum Frame {
     Joined,
     /// Engine.IO ping: answer `3`.
     Ping,
+    /// The chat's `error` frame: the server refused a frame (PROTOCOL.md, Errors).
+    Error,
     Other,
 }
 
@@ -133,6 +135,8 @@ impl Proto {
                     }
                 } else if frame.starts_with(r#"{"type":"joined""#) {
                     Frame::Joined
+                } else if frame.starts_with(r#"{"type":"error""#) {
+                    Frame::Error
                 } else {
                     Frame::Other
                 }
@@ -205,6 +209,12 @@ mod tests {
         assert_eq!(
             Proto::Chat.classify(r#"{"type":"presence","room":"r1"}"#),
             Frame::Other
+        );
+        assert_eq!(
+            Proto::Chat.classify(
+                r#"{"type":"error","requestId":"7","code":"rate_limited","message":"slow down"}"#
+            ),
+            Frame::Error
         );
         let publish = Proto::Chat.publish_frame("r1", &text, 3, 42);
         let v: serde_json::Value = serde_json::from_str(&publish).unwrap();

@@ -15,7 +15,7 @@ const RSS_PER_CONN_TARGET: f64 = 8.0 * 1024.0;
 /// A load generator above this share of its core may be what limits a step.
 const SATURATED: f64 = 0.9;
 
-fn color(kind: Kind) -> RGBColor {
+pub(crate) fn color(kind: Kind) -> RGBColor {
     match kind {
         Kind::Chat => RGBColor(31, 119, 180),
         Kind::Socketio => RGBColor(214, 39, 40),
@@ -61,7 +61,7 @@ fn first_failure(run: &RunResult) -> Option<&StepResult> {
         .copied()
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     if v.is_nan() {
         "–".into()
     } else if v < 10.0 {
@@ -73,11 +73,11 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn mb(bytes: u64) -> String {
+pub(crate) fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-fn kb(bytes: f64) -> String {
+pub(crate) fn kb(bytes: f64) -> String {
     format!("{:.1} KB", bytes / 1024.0)
 }
 
@@ -798,12 +798,12 @@ fn line_chart(
     Ok(())
 }
 
-fn lighter(c: RGBColor) -> RGBColor {
+pub(crate) fn lighter(c: RGBColor) -> RGBColor {
     let mix = |v: u8| ((u16::from(v) + 255) / 2) as u8;
     RGBColor(mix(c.0), mix(c.1), mix(c.2))
 }
 
-fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e:?}")
 }
 

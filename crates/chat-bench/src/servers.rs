@@ -94,12 +94,26 @@ impl Programs {
 pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
+    /// The arguments it was started with (the program's own, after its name).
+    pub args: Vec<String>,
+    /// Its standard error.
+    pub log_path: PathBuf,
     child: Child,
     data_dir: Option<PathBuf>,
 }
 
 impl Server {
     pub fn start(kind: Kind, programs: &Programs, tag: &str) -> anyhow::Result<Server> {
+        Self::start_with(kind, programs, tag, &[])
+    }
+
+    /// Starts a server with `extra` arguments after the usual ones.
+    pub fn start_with(
+        kind: Kind,
+        programs: &Programs,
+        tag: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&programs.work_dir)?;
         let log_path = programs
             .work_dir
@@ -163,6 +177,8 @@ impl Server {
                 None,
             ),
         };
+        let mut args = args;
+        args.extend_from_slice(extra);
         let mut command = match programs.core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -200,6 +216,8 @@ impl Server {
         let mut server = Server {
             kind,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            args,
+            log_path: log_path.clone(),
             child,
             data_dir,
         };
@@ -228,6 +246,26 @@ impl Server {
 
     pub fn rss_bytes(&self) -> u64 {
         procfs::rss_bytes(self.pid())
+    }
+
+    pub fn rss_anon_bytes(&self) -> u64 {
+        procfs::rss_anon_bytes(self.pid())
+    }
+
+    pub fn open_fds(&self) -> usize {
+        procfs::open_fds(self.pid())
+    }
+
+    /// The bytes of the files in the chat's data directory (the database and its WAL).
+    pub fn data_bytes(&self) -> u64 {
+        let Some(dir) = &self.data_dir else { return 0 };
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
