@@ -88,6 +88,21 @@ pub struct StepResult {
     /// The second run of a rate whose first run missed.
     #[serde(default)]
     pub retry: bool,
+    /// The kernel's part of `server_cpu_s` (system time: socket writes, and on loopback the
+    /// receivers' TCP processing too; fsync).
+    #[serde(default)]
+    pub server_sys_s: f64,
+}
+
+impl StepResult {
+    /// Server kernel CPU per delivery, in µs.
+    pub fn server_sys_us_per_delivery(&self) -> f64 {
+        if self.delivered > 0 {
+            self.server_sys_s * 1e6 / self.delivered as f64
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 /// Loss, duplicates and reordering per room over the whole run, from every receiver's streams.
@@ -647,6 +662,7 @@ impl Fleet {
         self.next_step += 1;
         let shared = &self.shared;
         let cpu0 = server.cpu_seconds();
+        let sys0 = server.system_cpu_seconds();
         let self_cpu0 = procfs::self_cpu_seconds();
         let t0 = Instant::now();
         self.last_step_started = Some(t0);
@@ -714,6 +730,7 @@ impl Fleet {
         }
         let wall = t0.elapsed().as_secs_f64();
         let server_cpu_s = server.cpu_seconds() - cpu0;
+        let server_sys_s = server.system_cpu_seconds() - sys0;
         let loadgen_cpu_s = procfs::self_cpu_seconds() - self_cpu0;
         let server_rss_end = server.rss_bytes();
         let hist = counters.hist.lock().expect("histogram lock");
@@ -760,6 +777,7 @@ impl Fleet {
                 f64::NAN
             },
             retry: false,
+            server_sys_s,
         })
     }
 

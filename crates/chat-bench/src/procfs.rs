@@ -10,12 +10,19 @@ fn clock_ticks() -> f64 {
 
 /// User plus system CPU seconds of a process (all its threads), or 0 when it is gone.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// User and system (kernel) CPU seconds of a process (all its threads), or 0 when it is gone.
+/// On loopback, a socket write's system time includes the receiving side's TCP processing.
+pub fn cpu_split(pid: u32) -> (f64, f64) {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // The command name may hold spaces; the fields after it are numbers.
     let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ")": state is field 3 of stat(5), so utime (14) and stime (15) are at 11 and 12.
@@ -25,7 +32,10 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+    (
+        ticks(11) as f64 / clock_ticks(),
+        ticks(12) as f64 / clock_ticks(),
+    )
 }
 
 /// Resident set size in bytes, or 0 when the process is gone.

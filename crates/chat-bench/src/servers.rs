@@ -244,6 +244,11 @@ impl Server {
         procfs::cpu_seconds(self.pid())
     }
 
+    /// Kernel CPU seconds so far.
+    pub fn system_cpu_seconds(&self) -> f64 {
+        procfs::cpu_split(self.pid()).1
+    }
+
     pub fn rss_bytes(&self) -> u64 {
         procfs::rss_bytes(self.pid())
     }
