@@ -227,12 +227,36 @@ pub struct SuiteResults {
     pub connections: usize,
 }
 
+/// Runs `work`; on Ctrl-C or SIGTERM, stops the servers it started and exits (130).
+async fn until_interrupted(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => interrupted(),
+        _ = terminate.recv() => interrupted(),
+    }
+}
+
+fn interrupted() -> ! {
+    eprintln!("interrupted: stopping the servers");
+    servers::terminate_all();
+    std::process::exit(130);
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     procfs::raise_fd_limit();
     match cli.command {
-        Command::Suite(args) => args.host.runtime()?.block_on(suite(args)),
-        Command::Soak(args) => args.host.runtime()?.block_on(soak::run(args)),
+        Command::Suite(args) => args
+            .host
+            .runtime()?
+            .block_on(until_interrupted(suite(args))),
+        Command::Soak(args) => args
+            .host
+            .runtime()?
+            .block_on(until_interrupted(soak::run(args))),
         Command::Report { results, out } => {
             let suite: SuiteResults = serde_json::from_str(
                 &std::fs::read_to_string(&results)

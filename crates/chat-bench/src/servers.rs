@@ -200,6 +200,7 @@ impl Server {
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
+        running().push(child.id());
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -283,6 +284,8 @@ impl Server {
     }
 
     fn terminate(&mut self, grace: Duration) {
+        let pid = self.child.id();
+        running().retain(|&running| running != pid);
         if !self.is_running() {
             return;
         }
@@ -301,6 +304,26 @@ impl Server {
         let _ = self.child.wait();
         if let Some(dir) = self.data_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The servers started and not stopped yet: a bench that is interrupted stops them too, rather
+/// than leave them running (and holding a core) after it.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends SIGTERM to every server still running (on Ctrl-C or SIGTERM of the bench).
+pub fn terminate_all() {
+    for pid in running().drain(..) {
+        // SAFETY: kill with a pid we started; at worst it has exited and the call fails.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
         }
     }
 }
