@@ -221,13 +221,10 @@ pub(crate) fn mint(secret: &str, sub: &str, name: Option<&str>, ttl: &str) -> St
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-#[tokio::test]
-async fn with_a_jwt_secret_only_valid_tokens_connect_and_the_token_names_the_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = "local-test-secret-0123456789abcdef";
-    let process = Process::start(dir.path(), &["--jwt-secret", secret], &[]);
-    let url = format!("ws://{}/dev", process.addr);
-    assert_eq!(Client::refused_status(&url).await, 401, "no token");
+/// A server that checks tokens (any secret but "another-secret") answers 401 to no token, an
+/// empty one, garbage, and one signed with another secret.
+pub(crate) async fn bad_tokens_are_refused_with_401(url: &str) {
+    assert_eq!(Client::refused_status(url).await, 401, "no token");
     assert_eq!(
         Client::refused_status(&format!("{url}?token=")).await,
         401,
@@ -243,6 +240,15 @@ async fn with_a_jwt_secret_only_valid_tokens_connect_and_the_token_names_the_use
         401,
         "wrong secret"
     );
+}
+
+#[tokio::test]
+async fn with_a_jwt_secret_only_valid_tokens_connect_and_the_token_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "local-test-secret-0123456789abcdef";
+    let process = Process::start(dir.path(), &["--jwt-secret", secret], &[]);
+    let url = format!("ws://{}/dev", process.addr);
+    bad_tokens_are_refused_with_401(&url).await;
 
     let token = mint(secret, "u-1", Some("Ada"), "1h");
     let mut ada = Client::connect(&format!("{url}?token={token}&name=Mallory")).await;

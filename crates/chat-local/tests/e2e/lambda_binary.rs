@@ -4,15 +4,18 @@
 
 use serde_json::json;
 
-use crate::binary::{Process, mint};
+use chat_aws::Tables;
+
+use crate::binary::{Process, bad_tokens_are_refused_with_401, mint};
 use crate::support::Client;
 
-#[tokio::test]
-async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
+/// `chat serve --backend lambda --create-tables` on fresh tables in moto, with `extra` flags.
+/// The data directory is returned to outlive the process.
+fn start_lambda_mode(tag: &str, extra: &[&str]) -> (Process, Tables, tempfile::TempDir) {
     let endpoint = chat_aws::testing::dynamodb_endpoint();
-    let tables = chat_aws::testing::unique_tables("binary");
+    let tables = chat_aws::testing::unique_tables(tag);
     let dir = tempfile::tempdir().unwrap();
-    let args = [
+    let mut args = vec![
         "--backend",
         "lambda",
         "--create-tables",
@@ -21,6 +24,7 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
         "--messages-table",
         &tables.messages,
     ];
+    args.extend_from_slice(extra);
     let env = [
         ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
         ("AWS_REGION", "us-east-1"),
@@ -28,6 +32,12 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
         ("AWS_SECRET_ACCESS_KEY", "test"),
     ];
     let process = Process::start(dir.path(), &args, &env);
+    (process, tables, dir)
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
+    let (process, tables, dir) = start_lambda_mode("binary", &[]);
     let addr = &process.addr;
 
     let mut ada = Client::connect(&format!("ws://{addr}/dev?name=ada")).await;
@@ -71,40 +81,10 @@ async fn the_binary_serves_the_lambda_handlers_on_dynamodb() {
 /// stored with the connection in DynamoDB.
 #[tokio::test]
 async fn with_auth_the_authorizer_runs_before_connect() {
-    let endpoint = chat_aws::testing::dynamodb_endpoint();
-    let tables = chat_aws::testing::unique_tables("authz");
-    let dir = tempfile::tempdir().unwrap();
     let secret = "lambda-mode-secret-0123456789abcdef";
-    let args = [
-        "--backend",
-        "lambda",
-        "--create-tables",
-        "--websocket-table",
-        &tables.connections,
-        "--messages-table",
-        &tables.messages,
-        "--jwt-secret",
-        secret,
-    ];
-    let env = [
-        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-    ];
-    let process = Process::start(dir.path(), &args, &env);
+    let (process, _tables, _dir) = start_lambda_mode("authz", &["--jwt-secret", secret]);
     let url = format!("ws://{}/dev", process.addr);
-    assert_eq!(Client::refused_status(&url).await, 401, "no token");
-    assert_eq!(
-        Client::refused_status(&format!("{url}?token=not.a.jwt")).await,
-        401
-    );
-    let forged = mint("another-secret", "u-1", Some("Ada"), "1h");
-    assert_eq!(
-        Client::refused_status(&format!("{url}?token={forged}")).await,
-        401,
-        "wrong secret"
-    );
+    bad_tokens_are_refused_with_401(&url).await;
 
     let token = mint(secret, "u-1", Some("Ada"), "1h");
     let mut ada = Client::connect(&format!("{url}?token={token}&name=Mallory")).await;
