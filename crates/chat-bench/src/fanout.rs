@@ -661,8 +661,7 @@ impl Fleet {
         );
         self.next_step += 1;
         let shared = &self.shared;
-        let cpu0 = server.cpu_seconds();
-        let sys0 = server.system_cpu_seconds();
+        let (user0, sys0) = server.cpu_split();
         let self_cpu0 = procfs::self_cpu_seconds();
         let t0 = Instant::now();
         self.last_step_started = Some(t0);
@@ -729,8 +728,9 @@ impl Fleet {
             }
         }
         let wall = t0.elapsed().as_secs_f64();
-        let server_cpu_s = server.cpu_seconds() - cpu0;
-        let server_sys_s = server.system_cpu_seconds() - sys0;
+        let (user1, sys1) = server.cpu_split();
+        let server_sys_s = sys1 - sys0;
+        let server_cpu_s = (user1 - user0) + server_sys_s;
         let loadgen_cpu_s = procfs::self_cpu_seconds() - self_cpu0;
         let server_rss_end = server.rss_bytes();
         let hist = counters.hist.lock().expect("histogram lock");

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::fanout::{P99_BOUND_MS, RunResult, StepResult};
@@ -792,14 +793,12 @@ fn line_chart(
     if log_y && !percentiles {
         // The bound of the step-up search.
         let bound = P99_BOUND_MS.log10();
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, bound), (x_max, bound)],
-                BLACK.mix(0.4).stroke_width(1),
-            ))
-            .map_err(plot_error)?
-            .label(format!("{P99_BOUND_MS:.0} ms"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        draw_line(
+            &mut chart,
+            vec![(0.0, bound), (x_max, bound)],
+            BLACK.mix(0.4).stroke_width(1),
+            format!("{P99_BOUND_MS:.0} ms"),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -809,6 +808,21 @@ fn line_chart(
         .draw()
         .map_err(plot_error)?;
     root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// Draws a line through `points`, with a legend entry of the same style.
+pub(crate) fn draw_line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    points: Vec<(f64, f64)>,
+    style: ShapeStyle,
+    label: impl Into<String>,
+) -> anyhow::Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, style))
+        .map_err(plot_error)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     Ok(())
 }
 

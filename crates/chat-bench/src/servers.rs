@@ -245,9 +245,9 @@ impl Server {
         procfs::cpu_seconds(self.pid())
     }
 
-    /// Kernel CPU seconds so far.
-    pub fn system_cpu_seconds(&self) -> f64 {
-        procfs::cpu_split(self.pid()).1
+    /// User and kernel CPU seconds so far, from one reading.
+    pub fn cpu_split(&self) -> (f64, f64) {
+        procfs::cpu_split(self.pid())
     }
 
     pub fn rss_bytes(&self) -> u64 {

@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::fanout::{Fleet, Integrity, Live, P99_BOUND_MS, Scenario, StepResult, now_ns};
-use crate::report::{kb, lighter, mb, ms, plot_error};
+use crate::report::{draw_line, kb, lighter, mb, ms, plot_error};
 use crate::servers::{Kind, Server};
 use crate::{HostArgs, procfs};
 
@@ -1201,35 +1201,28 @@ fn plot(r: &SoakResults, path: &Path) -> anyhow::Result<()> {
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(plot_error)?;
-    chart
-        .draw_series(LineSeries::new(rss, blue.stroke_width(3)))
-        .map_err(plot_error)?
-        .label("server RSS")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+    draw_line(&mut chart, rss, blue.stroke_width(3), "server RSS")?;
     let light = lighter(blue);
-    chart
-        .draw_series(LineSeries::new(anon, light.stroke_width(2)))
-        .map_err(plot_error)?
-        .label("anonymous (heap, stacks)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light.stroke_width(2)));
+    draw_line(
+        &mut chart,
+        anon,
+        light.stroke_width(2),
+        "anonymous (heap, stacks)",
+    )?;
     let grey = BLACK.mix(0.4);
-    chart
-        .draw_series(LineSeries::new(
-            vec![(x(r.rss_warm_t_secs), limit), (x_max, limit)],
-            grey.stroke_width(1),
-        ))
-        .map_err(plot_error)?
-        .label(format!("limit: warm-up RSS + {} %", r.max_rss_growth_pct))
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+    draw_line(
+        &mut chart,
+        vec![(x(r.rss_warm_t_secs), limit), (x_max, limit)],
+        grey.stroke_width(1),
+        format!("limit: warm-up RSS + {} %", r.max_rss_growth_pct),
+    )?;
     let orange = RGBColor(255, 127, 14);
-    chart
-        .draw_series(LineSeries::new(
-            vec![(x(r.rss_warm_t_secs), 0.0), (x(r.rss_warm_t_secs), y_max)],
-            orange.stroke_width(2),
-        ))
-        .map_err(plot_error)?
-        .label("end of warm-up")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
+    draw_line(
+        &mut chart,
+        vec![(x(r.rss_warm_t_secs), 0.0), (x(r.rss_warm_t_secs), y_max)],
+        orange.stroke_width(2),
+        "end of warm-up",
+    )?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -1269,17 +1262,9 @@ fn plot(r: &SoakResults, path: &Path) -> anyhow::Result<()> {
         })
         .draw()
         .map_err(plot_error)?;
-    chart
-        .draw_series(LineSeries::new(p99, red.stroke_width(3)))
-        .map_err(plot_error)?
-        .label("p99")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(3)));
+    draw_line(&mut chart, p99, red.stroke_width(3), "p99")?;
     let light = lighter(red);
-    chart
-        .draw_series(LineSeries::new(p50, light.stroke_width(2)))
-        .map_err(plot_error)?
-        .label("p50")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light.stroke_width(2)));
+    draw_line(&mut chart, p50, light.stroke_width(2), "p50")?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
