@@ -114,7 +114,15 @@ impl AuthorizerConfig {
             audience: lookup("JWT_AUDIENCE"),
             jwks_cache,
         };
-        match (&config.secret, &config.jwks_url) {
+        config.key_source()?;
+        Ok(config)
+    }
+
+    /// The one source of keys: a secret or a JWKS URL, never both, never neither.
+    fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
+        match (&self.secret, &self.jwks_url) {
+            (Some(secret), None) => Ok(KeySource::Secret(secret)),
+            (None, Some(url)) => Ok(KeySource::JwksUrl(url)),
             (Some(_), Some(_)) => Err(ConfigError {
                 name: "JWT_SECRET",
                 message: "set JWT_SECRET or JWKS_URL, not both".into(),
@@ -123,9 +131,13 @@ impl AuthorizerConfig {
                 name: "JWKS_URL",
                 message: "the authorizer needs JWT_SECRET or JWKS_URL".into(),
             }),
-            _ => Ok(config),
         }
     }
+}
+
+enum KeySource<'a> {
+    Secret(&'a str),
+    JwksUrl(&'a str),
 }
 
 /// Checks the handshake's token and answers API Gateway.
@@ -142,19 +154,13 @@ impl Authorizer {
     }
 
     pub fn from_config(config: &AuthorizerConfig) -> Result<Self, ConfigError> {
-        let keys = match (&config.secret, &config.jwks_url) {
-            (Some(secret), _) => Keys::Fixed(
+        let keys = match config.key_source()? {
+            KeySource::Secret(secret) => Keys::Fixed(
                 Verifier::hs256(secret.as_bytes())
                     .with_issuer(config.issuer.clone())
                     .with_audience(config.audience.clone()),
             ),
-            (None, Some(url)) => Keys::Fetched(JwksCache::new(url.clone(), config)?),
-            (None, None) => {
-                return Err(ConfigError {
-                    name: "JWKS_URL",
-                    message: "the authorizer needs JWT_SECRET or JWKS_URL".into(),
-                });
-            }
+            KeySource::JwksUrl(url) => Keys::Fetched(JwksCache::new(url.to_owned(), config)?),
         };
         Ok(Self { keys })
     }
