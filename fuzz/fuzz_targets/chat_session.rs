@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         for (i, line) in text.lines().take(64).enumerate() {
             let from = &ids[i % 2];
             if let Some(reply) = chat.handle(from, Inbound::Text(line)).await {
-                let frame: serde_json::Value = serde_json::from_str(&reply.to_text()).unwrap();
+                let frame: serde_json::Value = serde_json::from_str(&reply.payload.to_text()).unwrap();
                 assert!(frame["type"].is_string());
             }
         }

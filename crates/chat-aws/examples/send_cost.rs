@@ -55,7 +55,7 @@ async fn main() {
             .handle(id, Inbound::Text(r#"{"action":"joinRoom","room":"team"}"#))
             .await
             .expect("joined");
-        assert!(reply.to_text().contains(r#""type":"joined""#));
+        assert!(reply.payload.to_text().contains(r#""type":"joined""#));
     }
     println!(
         "joinRoom, per join (room growing to {ROOM_SIZE}): {}",
@@ -89,9 +89,9 @@ async fn main() {
             .await
             .expect("a reply");
         assert!(
-            reply.to_text().contains(r#""type":"ack""#),
+            reply.payload.to_text().contains(r#""type":"ack""#),
             "{}",
-            reply.to_text()
+            reply.payload.to_text()
         );
         let posts = notifier.take().len();
         println!(

@@ -9,11 +9,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
-use chat_core::domain::{ClientMsgId, Member, MessageId, RoomName};
-use chat_core::ports::{
-    Appended, MessageStore, NewMessage, Page, StoreError, StoreResult, StoredMessage,
+use chat_core::domain::{
+    ClientMsgId, Cursor, Member, MessageId, NewMessage, Page, RoomName, StoredMessage,
 };
-use chat_core::protocol::Cursor;
+use chat_core::ports::{Appended, MessageStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};

@@ -7,13 +7,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chat_aws::testing::{dynamodb_client, fresh_tables};
 use chat_aws::{DynamoConnections, DynamoMessages, Tables};
 use chat_core::domain::{
-    ClientMsgId, ConnectionId, DisplayName, Member, MessageId, MessageText, RoomName,
+    ClientMsgId, ConnectionId, Cursor, DisplayName, Member, MessageId, MessageText, NewMessage,
+    RoomName, StoredMessage,
 };
 use chat_core::memory::page_of;
-use chat_core::ports::{
-    Appended, ConnectionStore, JoinOutcome, MessageStore, NewMessage, StoredMessage,
-};
-use chat_core::protocol::Cursor;
+use chat_core::ports::{Appended, ConnectionStore, JoinOutcome, MessageStore};
 use chat_core::rate_limit::RateLimit;
 
 struct Stores {

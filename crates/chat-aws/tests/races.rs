@@ -17,8 +17,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason};
 use aws_smithy_mocks::{RuleMode, mock};
 use chat_aws::testing::mocked;
 use chat_aws::{DynamoConnections, DynamoMessages, Tables};
-use chat_core::domain::{ClientMsgId, ConnectionId, DisplayName, Member, MessageText, RoomName};
-use chat_core::ports::{Appended, ConnectionStore, JoinOutcome, MessageStore, NewMessage};
+use chat_core::domain::{
+    ClientMsgId, ConnectionId, DisplayName, Member, MessageText, NewMessage, RoomName,
+};
+use chat_core::ports::{Appended, ConnectionStore, JoinOutcome, MessageStore};
 use chat_core::rate_limit::RateLimit;
 
 type DynamoDb = aws_sdk_dynamodb::Client;

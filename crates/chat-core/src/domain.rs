@@ -313,6 +313,65 @@ impl Member {
     }
 }
 
+/// The records of a room's history, as the stores keep them and the frames show them.
+
+/// A message to store. The store gives it its id and time.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: RoomName,
+    pub sender: Member,
+    pub text: MessageText,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// A stored message, as the `message` event and history show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub room: RoomName,
+    pub id: MessageId,
+    pub ts: u64,
+    pub sender: Member,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+impl StoredMessage {
+    /// Gives a new message its id (UUID v7, ordered within the process) and `ts` (the id's
+    /// own time, so that the two always agree).
+    pub fn stamp(new: NewMessage) -> Self {
+        let id = MessageId::new_v7();
+        Self {
+            ts: id.timestamp_ms().unwrap_or_default(),
+            id,
+            room: new.room,
+            sender: new.sender,
+            text: new.text.into_string(),
+            client_msg_id: new.client_msg_id,
+        }
+    }
+}
+
+/// Where a page of history starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// The newest messages before this id.
+    Before(MessageId),
+    /// The oldest messages after this id.
+    After(MessageId),
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    /// More messages exist beyond this page, in the direction of the query.
+    pub has_more: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,9 @@
 //! - [`rate_limit`]: the token bucket behind `rate_limited`.
 //! - [`memory`]: in-memory adapters: the local binary's connection store, and fakes for tests.
 //! - [`config`]: the limits, with the protocol's defaults.
+//! - [`clock`]: the current time, read in one place.
 
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod memory;

@@ -10,12 +10,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use indexmap::IndexMap;
 
-use crate::domain::{ClientMsgId, ConnectionId, Member, RoomName};
-use crate::ports::{
-    Appended, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore, NewMessage,
-    Notifier, NotifyError, Page, StoreResult, StoredMessage,
+use crate::domain::{
+    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomName, StoredMessage,
 };
-use crate::protocol::{Cursor, Payload};
+use crate::ports::{
+    Appended, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore, Notifier,
+    NotifyError, StoreResult,
+};
+use crate::protocol::Payload;
 use crate::rate_limit::{RateLimit, TokenBucket};
 
 /// A poisoned lock only means another thread panicked while holding it; the maps stay usable.

@@ -8,10 +8,11 @@
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
 
-use crate::domain::{ClientMsgId, ConnectionId, Member, MessageId, MessageText, RoomName};
-use crate::protocol::{Cursor, Payload};
+use crate::domain::{
+    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomName, StoredMessage,
+};
+use crate::protocol::Payload;
 use crate::rate_limit::RateLimit;
 
 /// A store failed (I/O, throttling, a broken connection). The client sees only `internal`.
@@ -90,44 +91,6 @@ pub trait ConnectionStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
-/// A message to store. The store gives it its id and time.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub room: RoomName,
-    pub sender: Member,
-    pub text: MessageText,
-    pub client_msg_id: Option<ClientMsgId>,
-}
-
-/// A stored message, as the `message` event and history show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredMessage {
-    pub room: RoomName,
-    pub id: MessageId,
-    pub ts: u64,
-    pub sender: Member,
-    pub text: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_msg_id: Option<ClientMsgId>,
-}
-
-impl StoredMessage {
-    /// Gives a new message its id (UUID v7, ordered within the process) and `ts` (the id's
-    /// own time, so that the two always agree).
-    pub fn stamp(new: NewMessage) -> Self {
-        let id = MessageId::new_v7();
-        Self {
-            ts: id.timestamp_ms().unwrap_or_default(),
-            id,
-            room: new.room,
-            sender: new.sender,
-            text: new.text.into_string(),
-            client_msg_id: new.client_msg_id,
-        }
-    }
-}
-
 /// What `append` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
@@ -135,14 +98,6 @@ pub enum Appended {
     New(StoredMessage),
     /// The same sender already sent this `clientMsgId` in this room: here is that message.
     Duplicate(StoredMessage),
-}
-
-/// A page of history, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Page {
-    pub messages: Vec<StoredMessage>,
-    /// More messages exist beyond this page, in the direction of the query.
-    pub has_more: bool,
 }
 
 /// Messages, per room, in id order.

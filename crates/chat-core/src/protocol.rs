@@ -9,34 +9,86 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    ClientMsgId, Invalid, Member, MessageId, MessageText, PageLimit, RequestId, RoomName, TextError,
+    ClientMsgId, Cursor, Invalid, Member, MessageId, MessageText, PageLimit, RequestId, RoomName,
+    StoredMessage, TextError,
 };
-use crate::ports::StoredMessage;
 
-/// The error codes of the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    UnknownAction,
-    NotMember,
-    PayloadTooLarge,
-    RateLimited,
-    LimitExceeded,
-    Internal,
+/// Declares a closed set of protocol names once: the enum, `ALL`, and `as_str` (an exhaustive
+/// match), so that a name cannot exist in one list and be missing from another.
+macro_rules! names {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every value, in the protocol's order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The name on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text,)+ }
+            }
+
+            /// The value of a name on the wire (case-sensitive).
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|value| value.as_str() == name)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// The error codes of the protocol.
+    pub enum ErrorCode {
+        BadRequest = "bad_request",
+        UnknownAction = "unknown_action",
+        NotMember = "not_member",
+        PayloadTooLarge = "payload_too_large",
+        RateLimited = "rate_limited",
+        LimitExceeded = "limit_exceeded",
+        Internal = "internal",
+    }
 }
 
 impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
+    /// The HTTP status that stands for the code where a status is needed: a Lambda function's
+    /// answer (for its metrics and logs: API Gateway sends the body to the client whatever the
+    /// status), and HTTP APIs.
+    pub const fn http_status(self) -> u16 {
         match self {
-            Self::BadRequest => "bad_request",
-            Self::UnknownAction => "unknown_action",
-            Self::NotMember => "not_member",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::RateLimited => "rate_limited",
-            Self::LimitExceeded => "limit_exceeded",
-            Self::Internal => "internal",
+            Self::BadRequest | Self::UnknownAction => 400,
+            Self::NotMember => 403,
+            Self::LimitExceeded => 409,
+            Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
         }
+    }
+}
+
+names! {
+    /// The client actions: the `action` field, and API Gateway's route keys.
+    pub enum ActionName {
+        SendMessage = "sendMessage",
+        JoinRoom = "joinRoom",
+        LeaveRoom = "leaveRoom",
+        History = "history",
+        Members = "members",
+        Typing = "typing",
+        Ping = "ping",
     }
 }
 
@@ -75,17 +127,6 @@ impl From<Invalid> for ChatError {
     }
 }
 
-/// Where a page of history starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cursor {
-    /// The newest messages.
-    Latest,
-    /// The newest messages before this id.
-    Before(MessageId),
-    /// The oldest messages after this id.
-    After(MessageId),
-}
-
 /// One client action with valid fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -116,17 +157,6 @@ pub enum Action {
 }
 
 impl Action {
-    /// The action names, which are also the API Gateway route keys.
-    pub const NAMES: [&'static str; 7] = [
-        "sendMessage",
-        "joinRoom",
-        "leaveRoom",
-        "history",
-        "members",
-        "typing",
-        "ping",
-    ];
-
     /// The room whose membership the action needs, if any (`joinRoom` and `ping` need none).
     pub fn room_requiring_membership(&self) -> Option<&RoomName> {
         match self {
@@ -201,9 +231,14 @@ pub fn parse_frame(inbound: Inbound<'_>) -> Result<Request, Rejection> {
 
 /// Like API Gateway's route selection on `$request.body.action`: a missing, non-string or unknown
 /// action goes to `$default`, which answers `unknown_action`.
-pub fn route_key(fields: &Map<String, Value>) -> Option<&'static str> {
-    let action = fields.get("action")?.as_str()?;
-    Action::NAMES.iter().copied().find(|name| *name == action)
+pub fn route_key(fields: &Map<String, Value>) -> Option<ActionName> {
+    ActionName::from_name(fields.get("action")?.as_str()?)
+}
+
+/// The action names, for a person: `sendMessage, joinRoom, ...`.
+fn action_list() -> String {
+    let names: Vec<&str> = ActionName::ALL.iter().map(|a| a.as_str()).collect();
+    names.join(", ")
 }
 
 fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
@@ -213,14 +248,14 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             Some(Value::String(s)) => format!(
                 "unknown action {:?}; the actions are {}",
                 truncate(s, 64),
-                Action::NAMES.join(", ")
+                action_list()
             ),
             Some(_) => "action must be a string".to_owned(),
         };
         return Err(ChatError::new(ErrorCode::UnknownAction, message));
     };
     Ok(match action {
-        "sendMessage" => {
+        ActionName::SendMessage => {
             let room = match optional_str(fields, "room")? {
                 Some(room) => RoomName::parse(room)?,
                 None => RoomName::lobby(),
@@ -247,14 +282,14 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
                 client_msg_id,
             }
         }
-        "joinRoom" => Action::JoinRoom {
+        ActionName::JoinRoom => Action::JoinRoom {
             room: required_room(fields)?,
             since: optional_message_id(fields, "since")?,
         },
-        "leaveRoom" => Action::LeaveRoom {
+        ActionName::LeaveRoom => Action::LeaveRoom {
             room: required_room(fields)?,
         },
-        "history" => {
+        ActionName::History => {
             let room = required_room(fields)?;
             let before = optional_message_id(fields, "before")?;
             let after = optional_message_id(fields, "after")?;
@@ -284,13 +319,13 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
                 limit,
             }
         }
-        "members" => Action::Members {
+        ActionName::Members => Action::Members {
             room: required_room(fields)?,
         },
-        "typing" => Action::Typing {
+        ActionName::Typing => Action::Typing {
             room: required_room(fields)?,
         },
-        _ => Action::Ping,
+        ActionName::Ping => Action::Ping,
     })
 }
 
@@ -434,6 +469,37 @@ pub enum ServerFrame<'a> {
 pub enum PresenceEvent {
     Join,
     Leave,
+}
+
+/// What the sender of a frame gets back: the frame, and its error code when it is an `error`, so
+/// that a gateway can map the code (to a status, a metric) without reading the JSON again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub payload: Payload,
+    pub error: Option<ErrorCode>,
+}
+
+impl Reply {
+    pub fn ok(payload: Payload) -> Self {
+        Self {
+            payload,
+            error: None,
+        }
+    }
+
+    /// 200 for a reply, the code's status for an `error`.
+    pub fn http_status(&self) -> u16 {
+        self.error.map_or(200, ErrorCode::http_status)
+    }
+}
+
+impl From<Rejection> for Reply {
+    fn from(rejection: Rejection) -> Self {
+        Self {
+            payload: rejection.to_payload(),
+            error: Some(rejection.error.code),
+        }
+    }
 }
 
 impl Rejection {
@@ -597,6 +663,54 @@ mod tests {
             "]".repeat(100_000)
         );
         assert_eq!(code_of(&frame), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn every_action_name_routes_to_its_own_parser() {
+        // A name with no parser arm of its own would be caught by the exhaustive match; a name
+        // routed to another action's parser shows here.
+        for name in ActionName::ALL {
+            let frame = format!(r#"{{"action":"{name}","room":"r","text":"t"}}"#);
+            let action = parse(&frame).unwrap().action;
+            let parsed = match action {
+                Action::SendMessage { .. } => ActionName::SendMessage,
+                Action::JoinRoom { .. } => ActionName::JoinRoom,
+                Action::LeaveRoom { .. } => ActionName::LeaveRoom,
+                Action::History { .. } => ActionName::History,
+                Action::Members { .. } => ActionName::Members,
+                Action::Typing { .. } => ActionName::Typing,
+                Action::Ping => ActionName::Ping,
+            };
+            assert_eq!(parsed, *name);
+            assert_eq!(ActionName::from_name(name.as_str()), Some(*name));
+        }
+    }
+
+    #[test]
+    fn a_reply_has_status_200_and_an_error_its_codes_status() {
+        let pong = Reply::ok(Payload::encode(&ServerFrame::Pong { request_id: None }));
+        assert_eq!(pong.http_status(), 200);
+        let refused: Reply = parse("{}").unwrap_err().into();
+        assert_eq!(refused.error, Some(ErrorCode::UnknownAction));
+        assert_eq!(refused.http_status(), 400);
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.http_status()), "{code}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_written_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::String(code.as_str().into())
+            );
+        }
+        assert_eq!(
+            ErrorCode::from_name("not_member"),
+            Some(ErrorCode::NotMember)
+        );
+        assert_eq!(ErrorCode::from_name("NotMember"), None);
     }
 
     #[test]

@@ -12,13 +12,17 @@ pub struct RateLimit {
     pub per_second: u32,
 }
 
+impl RateLimit {
+    /// The protocol's default `sendMessage` allowance: a burst of 20, then 10 a second.
+    pub const DEFAULT: Self = Self {
+        burst: 20,
+        per_second: 10,
+    };
+}
+
 impl Default for RateLimit {
-    /// The protocol's default: a burst of 20, then 10 a second.
     fn default() -> Self {
-        Self {
-            burst: 20,
-            per_second: 10,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -7,16 +7,18 @@
 //! response on API Gateway).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
-use crate::domain::{ConnectionId, DisplayName, Member, RequestId, RoomName};
+use crate::domain::{
+    ConnectionId, Cursor, DisplayName, Member, MessageId, NewMessage, RequestId, RoomName,
+    StoredMessage,
+};
 use crate::ports::{
-    Appended, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, NewMessage, Notifier,
-    StoreError,
+    Appended, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier, StoreError,
 };
 use crate::protocol::{
-    Action, ChatError, Cursor, ErrorCode, Inbound, Payload, PresenceEvent, Rejection, Request,
+    Action, ChatError, ErrorCode, Inbound, Payload, PresenceEvent, Rejection, Reply, Request,
     ServerFrame, parse_frame,
 };
 
@@ -55,16 +57,6 @@ impl ConnectRejection {
     }
 }
 
-/// The current time in milliseconds since the Unix epoch.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-fn system_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 /// The chat: one per process, shared by every connection.
 #[derive(Clone)]
 pub struct Chat {
@@ -87,7 +79,7 @@ impl Chat {
             messages,
             notifier,
             config,
-            clock: Arc::new(system_clock),
+            clock: Arc::new(now_ms),
         }
     }
 
@@ -189,19 +181,19 @@ impl Chat {
         &self,
         connection_id: &ConnectionId,
         inbound: Inbound<'_>,
-    ) -> Option<Payload> {
+    ) -> Option<Reply> {
         let request = match parse_frame(inbound) {
             Ok(request) => request,
-            Err(rejection) => return Some(rejection.to_payload()),
+            Err(rejection) => return Some(rejection.into()),
         };
         match self.dispatch(connection_id, &request).await {
-            Ok(reply) => reply,
+            Ok(reply) => reply.map(Reply::ok),
             Err(error) => Some(
                 Rejection {
                     request_id: request.request_id,
                     error,
                 }
-                .to_payload(),
+                .into(),
             ),
         }
     }
@@ -354,7 +346,7 @@ impl Chat {
         me: &ConnectionRecord,
         request_id: Option<&RequestId>,
         room: &RoomName,
-        since: Option<crate::domain::MessageId>,
+        since: Option<MessageId>,
     ) -> Result<Payload, ChatError> {
         let outcome = self
             .connections
@@ -472,7 +464,7 @@ impl Chat {
     }
 }
 
-fn ack(request_id: Option<&RequestId>, message: &crate::ports::StoredMessage) -> Payload {
+fn ack(request_id: Option<&RequestId>, message: &StoredMessage) -> Payload {
     Payload::encode(&ServerFrame::Ack {
         request_id,
         room: &message.room,

@@ -58,7 +58,16 @@ impl Harness {
         self.chat
             .handle(from, Inbound::Text(&text))
             .await
-            .map(|payload| serde_json::from_str(&payload.to_text()).unwrap())
+            .map(|reply| {
+                let frame: Value = serde_json::from_str(&reply.payload.to_text()).unwrap();
+                // The reply's code is the one its frame shows, so that gateways need not read it.
+                assert_eq!(
+                    reply.error.map(|code| code.as_str()),
+                    frame.get("code").and_then(Value::as_str),
+                    "{frame}"
+                );
+                frame
+            })
     }
 
     /// Events delivered through the notifier since the last call, per recipient.
@@ -681,7 +690,7 @@ async fn bad_frames_get_coded_errors() {
         let ada = ada.clone();
         async move {
             let payload = chat.handle(&ada, Inbound::Text(text)).await.unwrap();
-            serde_json::from_str::<Value>(&payload.to_text()).unwrap()
+            serde_json::from_str::<Value>(&payload.payload.to_text()).unwrap()
         }
     };
     assert_eq!(reply("nope").await["code"], "bad_request");
@@ -694,7 +703,7 @@ async fn bad_frames_get_coded_errors() {
         "x"
     );
     let binary = h.chat.handle(&ada, Inbound::Binary).await.unwrap();
-    assert!(binary.to_text().contains("bad_request"));
+    assert!(binary.payload.to_text().contains("bad_request"));
 }
 
 /// A message store that fails every call, as a broken disk or a throttled table would.
@@ -704,7 +713,7 @@ struct FailingMessages;
 impl chat_core::ports::MessageStore for FailingMessages {
     async fn append(
         &self,
-        _: chat_core::ports::NewMessage,
+        _: chat_core::domain::NewMessage,
     ) -> chat_core::ports::StoreResult<chat_core::ports::Appended> {
         Err(chat_core::ports::StoreError::new(
             "disk on fire at /var/secret/path",
@@ -715,15 +724,15 @@ impl chat_core::ports::MessageStore for FailingMessages {
         _: &chat_core::domain::RoomName,
         _: &str,
         _: &chat_core::domain::ClientMsgId,
-    ) -> chat_core::ports::StoreResult<Option<chat_core::ports::StoredMessage>> {
+    ) -> chat_core::ports::StoreResult<Option<chat_core::domain::StoredMessage>> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
     async fn page(
         &self,
         _: &chat_core::domain::RoomName,
-        _: chat_core::protocol::Cursor,
+        _: chat_core::domain::Cursor,
         _: usize,
-    ) -> chat_core::ports::StoreResult<chat_core::ports::Page> {
+    ) -> chat_core::ports::StoreResult<chat_core::domain::Page> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
 }
@@ -758,11 +767,9 @@ async fn a_failing_store_answers_internal_shows_nothing_to_others_and_keeps_serv
         json!({"action":"joinRoom","room":"r","requestId":"s"}),
     ] {
         let text = frame.to_string();
-        let reply = chat
-            .handle(&ada, Inbound::Text(&text))
-            .await
-            .unwrap()
-            .to_text();
+        let reply = chat.handle(&ada, Inbound::Text(&text)).await.unwrap();
+        assert_eq!(reply.error, Some(chat_core::protocol::ErrorCode::Internal));
+        let reply = reply.payload.to_text();
         let reply: Value = serde_json::from_str(&reply).unwrap();
         assert_eq!(reply["code"], "internal", "{frame}");
         assert_eq!(reply["requestId"], "s");
@@ -780,12 +787,12 @@ async fn a_failing_store_answers_internal_shows_nothing_to_others_and_keeps_serv
         .await
         .unwrap();
     assert!(
-        members.to_text().contains("not_member"),
+        members.payload.to_text().contains("not_member"),
         "a failed join is undone"
     );
     let pong = chat
         .handle(&ada, Inbound::Text(r#"{"action":"ping"}"#))
         .await
         .unwrap();
-    assert!(pong.to_text().contains("pong"), "it keeps serving");
+    assert!(pong.payload.to_text().contains("pong"), "it keeps serving");
 }

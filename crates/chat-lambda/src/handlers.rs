@@ -17,7 +17,7 @@ use aws_lambda_events::encodings::Body;
 use chat_aws::{DynamoConnections, DynamoMessages, ManagementClients};
 use chat_core::domain::ConnectionId;
 use chat_core::ports::{ConnectionStore, MessageStore, Notifier};
-use chat_core::protocol::{ChatError, ErrorCode, Inbound, Payload, Rejection};
+use chat_core::protocol::{ChatError, Inbound, Payload, Rejection};
 use chat_core::{Chat, ChatConfig, ConnectRequest};
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -177,10 +177,7 @@ impl Handlers {
                     Inbound::Text(event.body.as_deref().unwrap_or_default())
                 };
                 match chat.handle(&id, inbound).await {
-                    Some(reply) => {
-                        let status = status_of(&reply);
-                        response(status, Some(reply.to_text()))
-                    }
+                    Some(reply) => response(reply.http_status(), Some(reply.payload.to_text())),
                     None => response(200, None),
                 }
             },
@@ -304,62 +301,4 @@ fn refusal(status: u16, message: &str) -> ApiGatewayProxyResponse {
         status,
         Some(serde_json::json!({ "message": message }).to_string()),
     )
-}
-
-const CODES: [ErrorCode; 7] = [
-    ErrorCode::BadRequest,
-    ErrorCode::UnknownAction,
-    ErrorCode::NotMember,
-    ErrorCode::PayloadTooLarge,
-    ErrorCode::RateLimited,
-    ErrorCode::LimitExceeded,
-    ErrorCode::Internal,
-];
-
-/// The HTTP status of an error code (for the function's metrics and logs; API Gateway sends
-/// the body to the client whatever the status).
-pub fn status_of_code(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::BadRequest | ErrorCode::UnknownAction => 400,
-        ErrorCode::NotMember => 403,
-        ErrorCode::LimitExceeded => 409,
-        ErrorCode::PayloadTooLarge => 413,
-        ErrorCode::RateLimited => 429,
-        ErrorCode::Internal => 500,
-    }
-}
-
-/// 200 for a reply, the error's status for an `error` frame.
-fn status_of(reply: &Payload) -> u16 {
-    // Server frames start with their type; only error frames are read again.
-    if !reply.bytes().starts_with(br#"{"type":"error""#) {
-        return 200;
-    }
-    let code = serde_json::from_slice::<serde_json::Value>(reply.bytes())
-        .ok()
-        .and_then(|frame| {
-            let code = frame.get("code")?.as_str()?.to_owned();
-            CODES.into_iter().find(|c| c.as_str() == code)
-        });
-    code.map_or(500, status_of_code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chat_core::protocol::ServerFrame;
-
-    #[test]
-    fn error_frames_get_their_status_and_replies_200() {
-        for code in CODES {
-            let payload = Payload::encode(&ServerFrame::Error {
-                request_id: None,
-                code,
-                message: "m",
-            });
-            assert_eq!(status_of(&payload), status_of_code(code), "{code:?}");
-        }
-        let pong = Payload::encode(&ServerFrame::Pong { request_id: None });
-        assert_eq!(status_of(&pong), 200);
-    }
 }

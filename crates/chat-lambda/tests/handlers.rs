@@ -273,7 +273,11 @@ async fn every_fixture_is_an_event_in_api_gateways_shape() {
     routes.dedup();
     let mut expected: Vec<String> = ["$connect", "$disconnect", "$default"]
         .into_iter()
-        .chain(chat_core::protocol::Action::NAMES)
+        .chain(
+            chat_core::protocol::ActionName::ALL
+                .iter()
+                .map(|a| a.as_str()),
+        )
         .map(str::to_owned)
         .collect();
     expected.sort();

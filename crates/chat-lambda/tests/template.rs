@@ -289,7 +289,11 @@ fn the_api_routes_on_action_with_every_route_and_route_responses() {
         .collect();
     let expected: BTreeSet<&str> = ["$connect", "$disconnect", "$default"]
         .into_iter()
-        .chain(chat_core::protocol::Action::NAMES)
+        .chain(
+            chat_core::protocol::ActionName::ALL
+                .iter()
+                .map(|a| a.as_str()),
+        )
         .collect();
     assert_eq!(keys, expected);
 

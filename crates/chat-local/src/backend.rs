@@ -127,7 +127,10 @@ impl Backend for Embedded {
     }
 
     async fn message(&self, connection_id: &ConnectionId, inbound: Inbound<'_>) -> Option<Payload> {
-        self.chat.handle(connection_id, inbound).await
+        self.chat
+            .handle(connection_id, inbound)
+            .await
+            .map(|reply| reply.payload)
     }
 
     async fn disconnect(&self, connection_id: &ConnectionId) {

@@ -316,6 +316,7 @@ impl LambdaBackend {
                 let route = serde_json::from_str::<Map<String, Value>>(text)
                     .ok()
                     .and_then(|fields| route_key(&fields))
+                    .map(|action| action.as_str())
                     .unwrap_or("$default");
                 (route, text, false)
             }

@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use chat_core::domain::{ClientMsgId, DisplayName, Member, MessageId, RoomName};
-use chat_core::ports::{
-    Appended, MessageStore, NewMessage, Page, StoreError, StoreResult, StoredMessage,
+use chat_core::domain::{
+    ClientMsgId, Cursor, DisplayName, Member, MessageId, NewMessage, Page, RoomName, StoredMessage,
 };
-use chat_core::protocol::Cursor;
+use chat_core::ports::{Appended, MessageStore, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use chat_core::domain::{ClientMsgId, DisplayName, Member, MessageText, RoomName};
-use chat_core::ports::{Appended, MessageStore, NewMessage};
-use chat_core::protocol::Cursor;
+use chat_core::domain::{
+    ClientMsgId, Cursor, DisplayName, Member, MessageText, NewMessage, RoomName,
+};
+use chat_core::ports::{Appended, MessageStore};
 use chat_sqlite::SqliteMessages;
 
 fn message(room: &str, text: &str, client_msg_id: Option<&str>) -> NewMessage {
@@ -19,7 +20,7 @@ fn message(room: &str, text: &str, client_msg_id: Option<&str>) -> NewMessage {
     }
 }
 
-fn texts(page: &chat_core::ports::Page) -> Vec<&str> {
+fn texts(page: &chat_core::domain::Page) -> Vec<&str> {
     page.messages.iter().map(|m| m.text.as_str()).collect()
 }
 
