@@ -1279,7 +1279,7 @@ fn plot(r: &SoakResults, path: &Path) -> anyhow::Result<()> {
 const METHOD: &str = "## How it measures
 
 - `chat-bench soak` (`scripts/bench soak`) runs on the fan-out engine of the benchmark suite
-  (`crates/chat-bench/src/fanout.rs`): a dedicated OS thread sends message *k* at
+  (`bench/chat-bench/src/fanout.rs`): a dedicated OS thread sends message *k* at
   `t0 + k / rate` whatever happened to the earlier ones (open loop); each message carries its
   publisher, sequence number and intended send time, and latency runs from that intended time to
   its arrival at each member.

@@ -351,7 +351,7 @@ fn parse_listening(line: &str) -> Option<SocketAddr> {
 }
 
 pub fn default_socketio_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/socketio")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../socketio")
 }
 
 #[cfg(test)]
