@@ -10,6 +10,12 @@
 //! are for (so `alg: none` and RS256-to-HS256 confusion are refused), a JWKS key is chosen by
 //! `kid` and must be of the header's type, and `exp` (required), `nbf`, `iss` and `aud` are
 //! checked. `sub` becomes the user id; the `name` claim, when present, the display name.
+//!
+//! Layout: this file is the verifier; `testing/` (feature `testing`, for tests only) signs test
+//! tokens with the test keys in `testing/keys/`.
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

@@ -1,55 +1,25 @@
 //! Token verification: what is accepted, and every way a token is refused.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chat_auth::testing::{self, JWKS, RSA_PUBLIC_PEM, SigningKey};
 use chat_auth::{AuthError, Identity, MintClaims, Verifier, mint_hs256, now_secs};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"a test secret of enough length!!";
-const JWKS: &str = include_str!("keys/jwks.json");
-const EC_PEM: &[u8] = include_bytes!("keys/ec.pem");
-const RSA_PEM: &[u8] = include_bytes!("keys/rsa.pem");
 
 fn claims(extra: Value) -> Value {
-    let mut claims = json!({"sub":"user-1","name":"Ada","exp": now_secs() + 600});
-    for (k, v) in extra.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    claims
-}
-
-fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, key).unwrap()
+    testing::claims("Ada", extra)
 }
 
 fn hs(claims: &Value) -> String {
-    sign(
-        Algorithm::HS256,
-        None,
-        &EncodingKey::from_secret(SECRET),
-        claims,
-    )
+    testing::hs256(SECRET, claims)
 }
 
 fn es(kid: &str, claims: &Value) -> String {
-    sign(
-        Algorithm::ES256,
-        Some(kid),
-        &EncodingKey::from_ec_pem(EC_PEM).unwrap(),
-        claims,
-    )
+    testing::es256(kid, claims)
 }
 
 fn rs(kid: &str, claims: &Value) -> String {
-    sign(
-        Algorithm::RS256,
-        Some(kid),
-        &EncodingKey::from_rsa_pem(RSA_PEM).unwrap(),
-        claims,
-    )
+    testing::rs256(kid, claims)
 }
 
 fn refused(result: Result<Identity, AuthError>) -> String {
@@ -95,23 +65,15 @@ fn expired_not_yet_valid_and_exp_less_tokens_are_refused() {
 
 #[test]
 fn a_token_signed_with_another_secret_is_refused() {
-    let other = sign(
-        Algorithm::HS256,
-        None,
-        &EncodingKey::from_secret(b"another secret"),
-        &claims(json!({})),
-    );
+    let other = testing::hs256(b"another secret", &claims(json!({})));
     refused(Verifier::hs256(SECRET).verify(Some(&other)));
 }
 
 #[test]
 fn alg_none_is_refused() {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims(json!({})).to_string());
-    for token in [
-        format!("{header}.{payload}."),
-        format!("{header}.{payload}"),
-    ] {
+    let unsigned = testing::unsigned(&claims(json!({})));
+    let without_dot = unsigned.strip_suffix('.').unwrap().to_owned();
+    for token in [unsigned, without_dot] {
         refused(Verifier::hs256(SECRET).verify(Some(&token)));
         refused(Verifier::from_jwks_json(JWKS).unwrap().verify(Some(&token)));
     }
@@ -170,15 +132,9 @@ fn es256_and_rs256_tokens_verify_against_the_jwks_by_kid() {
 #[test]
 fn algorithm_confusion_is_refused() {
     // HS256 signed with the RSA public key as the "secret": the classic confusion attack.
-    let public_pem = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/keys/rsa.pub.pem"
-    ))
-    .unwrap();
-    let forged = sign(
-        Algorithm::HS256,
+    let forged = testing::sign(
+        SigningKey::Hs256(RSA_PUBLIC_PEM),
         Some("rsa-1"),
-        &EncodingKey::from_secret(&public_pem),
         &claims(json!({})),
     );
     refused(
