@@ -12,21 +12,17 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chat_auth::testing::{self, JWKS};
 use chat_auth::{AuthError, now_secs};
 use chat_core::ChatConfig;
 use chat_core::memory::{MemoryConnections, MemoryMessages};
 use chat_lambda::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, Authorizer, AuthorizerConfig, Denied, Handlers,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::*;
 
 const SECRET: &str = "an authorizer test secret, long enough";
-const JWKS: &str = include_str!("../../chat-auth/tests/keys/jwks.json");
-const EC_PEM: &[u8] = include_bytes!("../../chat-auth/tests/keys/ec.pem");
 const ISSUER: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_test";
 
 /// The authorizer event API Gateway sends for a handshake, with this `token` (none: no query
@@ -52,26 +48,15 @@ fn authorizer_event(token: Option<&str>) -> ApiGatewayCustomAuthorizerRequestTyp
 }
 
 fn claims(extra: Value) -> Value {
-    let mut claims = json!({"sub": "user-1", "name": "Ada Lovelace", "exp": now_secs() + 600});
-    for (k, v) in extra.as_object().unwrap() {
-        claims[k] = v.clone();
-    }
-    claims
+    testing::claims("Ada Lovelace", extra)
 }
 
 fn hs256(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    testing::hs256(secret.as_bytes(), claims)
 }
 
 fn es256(kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(EC_PEM).unwrap()).unwrap()
+    testing::es256(kid, claims)
 }
 
 fn hs256_authorizer() -> Authorizer {
@@ -121,10 +106,7 @@ async fn bad_tokens_are_unauthorized_which_api_gateway_answers_401() {
     let wrong_secret = hs256(&claims(json!({})), "another secret, just as long");
     let no_sub = hs256(&json!({"exp": now_secs() + 600}), SECRET);
     // `alg: none`, unsigned.
-    let none = format!(
-        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
-        URL_SAFE_NO_PAD.encode(claims(json!({})).to_string())
-    );
+    let none = testing::unsigned(&claims(json!({})));
     for (what, token) in [
         ("no token", None),
         ("empty", Some("")),
