@@ -312,37 +312,23 @@ async fn an_expired_token_is_refused_with_401() {
 #[tokio::test]
 async fn with_a_jwks_file_es256_tokens_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../chat-auth/tests/keys");
     let process = Process::start(
         dir.path(),
         &[
             "--jwks-file",
-            &format!("{keys}/jwks.json"),
+            chat_auth::testing::JWKS_FILE,
             "--jwt-issuer",
             "https://issuer.test",
         ],
         &[],
     );
-    let pem = std::fs::read(format!("{keys}/ec.pem")).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("ec-1".into());
     let claims = json!({"sub":"u-7","name":"Eve","iss":"https://issuer.test","exp":chat_auth::now_secs()+600});
-    let token = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
-    )
-    .unwrap();
+    let token = chat_auth::testing::es256("ec-1", &claims);
     let mut eve = Client::connect(&format!("ws://{}/dev?token={token}", process.addr)).await;
     assert_eq!(eve.request(json!({"action":"ping"})).await["type"], "pong");
     let wrong_issuer =
         json!({"sub":"u-7","iss":"https://other.test","exp":chat_auth::now_secs()+600});
-    let token = jsonwebtoken::encode(
-        &header,
-        &wrong_issuer,
-        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
-    )
-    .unwrap();
+    let token = chat_auth::testing::es256("ec-1", &wrong_issuer);
     assert_eq!(
         Client::refused_status(&format!("ws://{}/dev?token={token}", process.addr)).await,
         401
