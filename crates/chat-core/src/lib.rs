@@ -19,6 +19,8 @@
 //! - [`memory`]: in-memory adapters: the local binary's connection store, and fakes for tests.
 //! - [`config`]: the limits, with the protocol's defaults.
 //! - [`clock`]: the current time, read in one place.
+//! - `testing` (feature `testing`): the conformance suites of the ports, which every adapter's
+//!   tests run.
 
 pub mod clock;
 pub mod config;
@@ -28,6 +30,8 @@ pub mod ports;
 pub mod protocol;
 pub mod rate_limit;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::ChatConfig;
 pub use service::{Chat, ConnectRejection, ConnectRequest};

@@ -1,0 +1,596 @@
+//! The [`MessageStore`] suite: what every message store must do, whatever it stores in.
+//!
+//! Run it with [`message_store_conformance!`](crate::message_store_conformance); each test takes
+//! a fresh store from a [`MessageStoreFactory`]. Paging is checked against
+//! [`page_of`], the in-memory reference.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::fixtures::{
+    append_new, client_msg_id, guest, highest_id, id_after, lowest_id, message, message_from, room,
+    texts, user, wall_clock_ms,
+};
+use crate::domain::{Cursor, RoomName, StoredMessage};
+use crate::memory::page_of;
+use crate::ports::{Appended, MessageStore};
+
+/// Makes the store each test runs against.
+///
+/// Any `Fn() -> impl Future<Output = impl MessageStore>` is one; implement it on a type of your
+/// own when the store needs something kept alive while it is used (a temporary directory).
+#[async_trait]
+pub trait MessageStoreFactory: Send + Sync {
+    /// A store that holds no message (at least in the rooms a test uses: every test may use any
+    /// room name).
+    async fn fresh(&self) -> Arc<dyn MessageStore>;
+}
+
+#[async_trait]
+impl<F, Fut, S> MessageStoreFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = S> + Send,
+    S: MessageStore + 'static,
+{
+    async fn fresh(&self) -> Arc<dyn MessageStore> {
+        Arc::new(self().await)
+    }
+}
+
+/// Appends `count` messages `m0`, `m1`, … to the room (every second one with a `clientMsgId`);
+/// returns them as stored, in order.
+async fn fill(store: &dyn MessageStore, room_name: &str, count: usize) -> Vec<StoredMessage> {
+    let mut all = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = (i % 2 == 0).then(|| format!("c{i}"));
+        all.push(
+            append_new(
+                store,
+                message(room_name, "ada", &format!("m{i}"), id.as_deref()),
+            )
+            .await,
+        );
+    }
+    all
+}
+
+/// Checks every page of the room against [`page_of`] over `all` (the room's messages in id
+/// order): `Latest`, and `Before` and `After` the first, an early, the middle and the last
+/// message, an id between two messages, and ids below and above every message; for limits from
+/// 1 to 100 around the room's size. Adapter tests may call it on a room they prepared (with other
+/// items of their own beside the messages).
+pub async fn assert_pages_match_the_reference(
+    store: &dyn MessageStore,
+    room: &RoomName,
+    all: &[StoredMessage],
+) {
+    assert!(all.len() >= 8, "the check needs at least 8 messages");
+    let n = all.len();
+    let mut cursors = vec![Cursor::Latest];
+    for id in [
+        all[0].id,
+        all[7].id,
+        all[n / 2].id,
+        all[n - 1].id,
+        id_after(all[n / 2].id),
+        lowest_id(),
+        highest_id(),
+    ] {
+        cursors.push(Cursor::Before(id));
+        cursors.push(Cursor::After(id));
+    }
+    let mut limits = vec![1, 5, n - 1, n, 100];
+    if n < 100 {
+        limits.push(n + 1);
+    } else {
+        limits.push(99);
+    }
+    for cursor in cursors {
+        for &limit in &limits {
+            let page = store.page(room, cursor, limit).await.expect("page");
+            assert_eq!(
+                page,
+                page_of(all, cursor, limit),
+                "{cursor:?} limit {limit} of {n} messages"
+            );
+        }
+    }
+}
+
+pub async fn append_stores_every_field_and_ts_is_the_time_of_the_id(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let ada = user("Ada Lovelace", "user-1");
+    let before = wall_clock_ms();
+    let stored = append_new(&*store, message_from("r", &ada, "hello", Some("c-1"))).await;
+    let after = wall_clock_ms();
+    assert_eq!(stored.room, room("r"));
+    assert_eq!(stored.sender, ada, "the sender, user id included");
+    assert_eq!(stored.text, "hello");
+    assert_eq!(stored.client_msg_id, Some(client_msg_id("c-1")));
+    assert_eq!(stored.id.as_uuid().get_version_num(), 7, "a UUID v7");
+    assert_eq!(
+        Some(stored.ts),
+        stored.id.timestamp_ms(),
+        "ts is the id's time"
+    );
+    // The store's clock may not be this process's: a few seconds either way.
+    assert!(
+        before.saturating_sub(5_000) <= stored.ts && stored.ts <= after + 5_000,
+        "ts {} is the time of the append ({before}..{after})",
+        stored.ts
+    );
+    let bob = append_new(&*store, message("r", "bob", "no id", None)).await;
+    assert_eq!((&bob.sender, &bob.client_msg_id), (&guest("bob"), &None));
+    // What is read back is what append returned.
+    let page = store.page(&room("r"), Cursor::Latest, 10).await.unwrap();
+    assert_eq!(page.messages, [stored, bob]);
+    assert!(!page.has_more);
+}
+
+pub async fn appends_get_increasing_ids_in_the_order_they_are_stored(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let all = fill(&*store, "r", 20).await;
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert!(
+        all.windows(2).all(|w| w[0].ts <= w[1].ts),
+        "and so do times"
+    );
+    assert!(all.iter().all(|m| Some(m.ts) == m.id.timestamp_ms()));
+    let page = store.page(&room("r"), Cursor::Latest, 100).await.unwrap();
+    assert_eq!(page.messages, all, "history is in id order, oldest first");
+    assert!(!page.has_more);
+}
+
+pub async fn a_client_msg_id_is_stored_once_per_sender_and_room(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    let first = append_new(&*store, message("lobby", "ada", "once", Some("m-1"))).await;
+    let again = store
+        .append(message("lobby", "ada", "once", Some("m-1")))
+        .await
+        .unwrap();
+    assert_eq!(again, Appended::Duplicate(first.clone()));
+    // A retry with another text is still the retry: the first message stands.
+    let changed = store
+        .append(message("lobby", "ada", "twice", Some("m-1")))
+        .await
+        .unwrap();
+    assert_eq!(changed, Appended::Duplicate(first.clone()));
+    let found = store
+        .find_by_client_msg_id(
+            &RoomName::lobby(),
+            &guest("ada").sender_key(),
+            &client_msg_id("m-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, Some(first.clone()));
+    // Another sender, or another room: a new message.
+    append_new(&*store, message("lobby", "bob", "once", Some("m-1"))).await;
+    let elsewhere = append_new(&*store, message("elsewhere", "ada", "once", Some("m-1"))).await;
+    assert_eq!(
+        store
+            .append(message("elsewhere", "ada", "once", Some("m-1")))
+            .await
+            .unwrap(),
+        Appended::Duplicate(elsewhere),
+        "and that one is remembered in its own room"
+    );
+    // Names that would run together in a naive key stay apart.
+    append_new(&*store, message("lobby", "a#m", "x", Some("1"))).await;
+    append_new(&*store, message("lobby", "a", "x", Some("m#1"))).await;
+    let lobby = store
+        .page(&RoomName::lobby(), Cursor::Latest, 100)
+        .await
+        .unwrap();
+    assert_eq!(lobby.messages.len(), 4, "the retries stored nothing");
+    assert_eq!(lobby.messages[0], first);
+}
+
+pub async fn an_authenticated_sender_is_known_by_user_id_not_by_name(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let first = append_new(
+        &*store,
+        message_from("r", &user("ada", "u1"), "hi", Some("c")),
+    )
+    .await;
+    // The same user under another name (another tab, renamed): the same sender.
+    let renamed = store
+        .append(message_from("r", &user("Ada L", "u1"), "hi", Some("c")))
+        .await
+        .unwrap();
+    assert_eq!(renamed, Appended::Duplicate(first.clone()));
+    // A guest of the same name, and another user of the same name: other senders.
+    let guest = append_new(&*store, message("r", "ada", "hi", Some("c"))).await;
+    let other = append_new(
+        &*store,
+        message_from("r", &user("ada", "u2"), "hi", Some("c")),
+    )
+    .await;
+    let find = |key: String| {
+        let store = store.clone();
+        async move {
+            store
+                .find_by_client_msg_id(&room("r"), &key, &client_msg_id("c"))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(find(user("anyone", "u1").sender_key()).await, Some(first));
+    assert_eq!(find(self::guest("ada").sender_key()).await, Some(guest));
+    assert_eq!(find(user("ada", "u2").sender_key()).await, Some(other));
+    assert_eq!(find(user("ada", "u3").sender_key()).await, None);
+}
+
+pub async fn messages_without_a_client_msg_id_are_never_duplicates(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let a = append_new(&*store, message("r", "ada", "same", None)).await;
+    let b = append_new(&*store, message("r", "ada", "same", None)).await;
+    assert_ne!(a.id, b.id);
+    let page = store.page(&room("r"), Cursor::Latest, 10).await.unwrap();
+    assert_eq!(page.messages, [a, b]);
+}
+
+pub async fn find_by_client_msg_id_finds_only_that_senders_message_in_that_room(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let ada = guest("ada").sender_key();
+    let find = |room_name: &'static str, sender_key: String, id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .find_by_client_msg_id(&room(room_name), &sender_key, &client_msg_id(id))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(find("r", ada.clone(), "c1").await, None, "nothing sent yet");
+    let sent = append_new(&*store, message("r", "ada", "hi", Some("c1"))).await;
+    append_new(&*store, message("r", "ada", "no id", None)).await;
+    assert_eq!(find("r", ada.clone(), "c1").await, Some(sent));
+    assert_eq!(
+        find("r", ada.clone(), "c2").await,
+        None,
+        "another clientMsgId"
+    );
+    assert_eq!(
+        find("r", guest("bob").sender_key(), "c1").await,
+        None,
+        "another sender"
+    );
+    assert_eq!(
+        find("r", user("ada", "ada").sender_key(), "c1").await,
+        None,
+        "a user, not the guest"
+    );
+    assert_eq!(find("other", ada.clone(), "c1").await, None, "another room");
+    assert_eq!(
+        find("R", ada, "c1").await,
+        None,
+        "room names are case-sensitive"
+    );
+}
+
+pub async fn pages_go_backwards_with_before_and_forwards_with_after(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            append_new(&*store, message("r", "ada", &format!("m{i}"), None))
+                .await
+                .id,
+        );
+    }
+    append_new(&*store, message("elsewhere", "ada", "not here", None)).await;
+    let latest = store.page(&r, Cursor::Latest, 3).await.unwrap();
+    assert_eq!(
+        (texts(&latest), latest.has_more),
+        (vec!["m7", "m8", "m9"], true)
+    );
+    let before = store.page(&r, Cursor::Before(ids[3]), 5).await.unwrap();
+    assert_eq!(
+        (texts(&before), before.has_more),
+        (vec!["m0", "m1", "m2"], false)
+    );
+    let before = store.page(&r, Cursor::Before(ids[7]), 3).await.unwrap();
+    assert_eq!(
+        (texts(&before), before.has_more),
+        (vec!["m4", "m5", "m6"], true)
+    );
+    let after = store.page(&r, Cursor::After(ids[2]), 3).await.unwrap();
+    assert_eq!(
+        (texts(&after), after.has_more),
+        (vec!["m3", "m4", "m5"], true)
+    );
+    let tail = store.page(&r, Cursor::After(ids[6]), 5).await.unwrap();
+    assert_eq!(
+        (texts(&tail), tail.has_more),
+        (vec!["m7", "m8", "m9"], false)
+    );
+    // Exactly as many as are left: no more.
+    let exact = store.page(&r, Cursor::After(ids[6]), 3).await.unwrap();
+    assert_eq!(
+        (texts(&exact), exact.has_more),
+        (vec!["m7", "m8", "m9"], false)
+    );
+    let exact = store.page(&r, Cursor::Before(ids[3]), 3).await.unwrap();
+    assert_eq!(
+        (texts(&exact), exact.has_more),
+        (vec!["m0", "m1", "m2"], false)
+    );
+    let all = store.page(&r, Cursor::Latest, 10).await.unwrap();
+    assert_eq!((all.messages.len(), all.has_more), (10, false));
+    // Nothing before the first or after the last.
+    let none = store.page(&r, Cursor::Before(ids[0]), 5).await.unwrap();
+    assert_eq!((none.messages.len(), none.has_more), (0, false));
+    let none = store.page(&r, Cursor::After(ids[9]), 5).await.unwrap();
+    assert_eq!((none.messages.len(), none.has_more), (0, false));
+    let empty = store.page(&room("none"), Cursor::Latest, 5).await.unwrap();
+    assert_eq!((empty.messages.len(), empty.has_more), (0, false));
+}
+
+pub async fn an_id_that_names_no_message_is_still_a_position(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 6).await;
+    let between = id_after(all[2].id);
+    assert!(all[2].id < between && between < all[3].id);
+    let before = store.page(&r, Cursor::Before(between), 2).await.unwrap();
+    assert_eq!((texts(&before), before.has_more), (vec!["m1", "m2"], true));
+    let after = store.page(&r, Cursor::After(between), 2).await.unwrap();
+    assert_eq!((texts(&after), after.has_more), (vec!["m3", "m4"], true));
+    let older = store
+        .page(&r, Cursor::Before(lowest_id()), 10)
+        .await
+        .unwrap();
+    assert_eq!((older.messages.len(), older.has_more), (0, false));
+    let newer = store
+        .page(&r, Cursor::After(lowest_id()), 10)
+        .await
+        .unwrap();
+    assert_eq!((newer.messages, newer.has_more), (all.clone(), false));
+    let older = store
+        .page(&r, Cursor::Before(highest_id()), 4)
+        .await
+        .unwrap();
+    assert_eq!((older.messages, older.has_more), (all[2..].to_vec(), true));
+    let newer = store
+        .page(&r, Cursor::After(highest_id()), 10)
+        .await
+        .unwrap();
+    assert_eq!((newer.messages.len(), newer.has_more), (0, false));
+}
+
+pub async fn pages_match_the_reference_paging_in_every_direction(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    // More than the largest page, so that has_more is true in both directions at the limit.
+    let all = fill(&*store, "h", 130).await;
+    // Another room's messages beside them change nothing.
+    fill(&*store, "h2", 3).await;
+    assert_pages_match_the_reference(&*store, &room("h"), &all).await;
+    // And a room of 25, as small pages see it.
+    let small = fill(&*store, "small", 25).await;
+    assert_pages_match_the_reference(&*store, &room("small"), &small).await;
+    // Another room's history is its own.
+    let other = store
+        .page(&room("other"), Cursor::Latest, 50)
+        .await
+        .unwrap();
+    assert!(other.messages.is_empty());
+}
+
+pub async fn an_empty_room_has_an_empty_page_in_every_direction(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    let check = |store: Arc<dyn MessageStore>, room_name: &'static str| async move {
+        for cursor in [
+            Cursor::Latest,
+            Cursor::Before(lowest_id()),
+            Cursor::After(lowest_id()),
+            Cursor::Before(highest_id()),
+            Cursor::After(highest_id()),
+        ] {
+            for limit in [1, 50, 100] {
+                let page = store.page(&room(room_name), cursor, limit).await.unwrap();
+                assert!(
+                    page.messages.is_empty() && !page.has_more,
+                    "{room_name} {cursor:?} {limit}: {page:?}"
+                );
+            }
+        }
+    };
+    check(store.clone(), "empty").await;
+    // Messages in other rooms, some whose names start like this one's, change nothing.
+    for name in ["empty1", "empt", "Empty", "empty.x"] {
+        append_new(&*store, message(name, "ada", "elsewhere", Some("c"))).await;
+    }
+    check(store.clone(), "empty").await;
+    assert_eq!(
+        store
+            .find_by_client_msg_id(
+                &room("empty"),
+                &guest("ada").sender_key(),
+                &client_msg_id("c")
+            )
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn rooms_are_independent_of_each_other(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    // Case-sensitive names, and names that are prefixes of one another.
+    let names = ["r", "R", "r1", "r-", "r.r", "lobby"];
+    let mut expected: Vec<Vec<StoredMessage>> = vec![Vec::new(); names.len()];
+    for i in 0..30 {
+        let k = (i * 7) % names.len();
+        let stored = append_new(
+            &*store,
+            message(names[k], "ada", &format!("{}#{i}", names[k]), None),
+        )
+        .await;
+        expected[k].push(stored);
+    }
+    for (name, expected) in names.iter().zip(&expected) {
+        let page = store.page(&room(name), Cursor::Latest, 100).await.unwrap();
+        assert_eq!(&page.messages, expected, "room {name}");
+        assert!(!page.has_more);
+    }
+    // An id from another room is a position here too, nothing more.
+    for (k, name) in names.iter().enumerate() {
+        let elsewhere = expected[(k + 1) % names.len()][2].id;
+        for cursor in [Cursor::Before(elsewhere), Cursor::After(elsewhere)] {
+            let page = store.page(&room(name), cursor, 100).await.unwrap();
+            assert_eq!(
+                page,
+                page_of(&expected[k], cursor, 100),
+                "room {name} {cursor:?}"
+            );
+        }
+    }
+}
+
+pub async fn long_messages_of_multi_byte_text_are_kept_verbatim(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    // 4000 characters (the limit) of one to four bytes each, with what a store might be tempted
+    // to trim, escape or normalize.
+    let pieces = [
+        "  leading and trailing  ",
+        "\n\ttabs and\r\nnewlines\n",
+        "<b>html</b> & \"quotes\" 'single' \\backslash\\ %s {} ${x} '; DROP TABLE messages; --",
+        "é e\u{301} ñ ß ﬁ Å Å",
+        "日本語の文 中文 한국어",
+        "😀👩‍👩‍👧‍👦🏳️‍🌈 🇫🇷",
+        "\u{200b}\u{feff}\u{202e}rtl\u{202c}",
+    ];
+    let mut text: String = pieces.concat();
+    let mut chars = text.chars().count();
+    while chars < 4000 {
+        let c = ['😀', 'é', '語', 'a', ' '][chars % 5];
+        text.push(c);
+        chars += 1;
+    }
+    assert_eq!(text.chars().count(), 4000);
+    let all_emoji = "\u{1F600}".repeat(4000); // 16 KB of UTF-8
+    let mut all = Vec::new();
+    for (i, text) in [&text, &all_emoji, &text].into_iter().enumerate() {
+        let stored = append_new(
+            &*store,
+            message("long", "ada", text, Some(&format!("c{i}"))),
+        )
+        .await;
+        assert_eq!(&stored.text, text);
+        all.push(stored);
+    }
+    let page = store
+        .page(&room("long"), Cursor::Latest, 100)
+        .await
+        .unwrap();
+    assert_eq!(page.messages, all);
+    assert_eq!(page.messages[0].text, text, "byte for byte");
+    let found = store
+        .find_by_client_msg_id(
+            &room("long"),
+            &guest("ada").sender_key(),
+            &client_msg_id("c1"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.text, all_emoji);
+}
+
+pub async fn concurrent_appends_are_all_stored_once_in_id_order(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            // Every tenth one is sent twice with the same clientMsgId.
+            let client_msg_id = (i % 10 == 0).then(|| format!("c{i}"));
+            tokio::spawn(async move {
+                let text = format!("m{i}");
+                let first = store
+                    .append(message("r", "ada", &text, client_msg_id.as_deref()))
+                    .await
+                    .unwrap();
+                if client_msg_id.is_some() {
+                    let again = store
+                        .append(message("r", "ada", &text, client_msg_id.as_deref()))
+                        .await
+                        .unwrap();
+                    let Appended::New(stored) = &first else {
+                        panic!("expected a new message, got {first:?}")
+                    };
+                    assert_eq!(again, Appended::Duplicate(stored.clone()));
+                }
+                first
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), Appended::New(_)));
+    }
+    let page = store.page(&room("r"), Cursor::Latest, 100).await.unwrap();
+    assert!(page.has_more);
+    let mut all = page.messages.clone();
+    let older = store
+        .page(&room("r"), Cursor::Before(all[0].id), 100)
+        .await
+        .unwrap();
+    assert!(!older.has_more);
+    all.splice(0..0, older.messages);
+    assert_eq!(all.len(), 200);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let stored: BTreeSet<&str> = all.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(stored.len(), 200, "each message once");
+}
+
+pub async fn concurrent_appends_with_the_same_client_msg_id_store_one_message(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    // A client retrying over several connections (or Lambda containers) at once.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(message("r", "ada", "once", Some("same")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut new = Vec::new();
+    let mut duplicates = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Appended::New(m) => new.push(m),
+            Appended::Duplicate(m) => duplicates.push(m),
+        }
+    }
+    assert_eq!(new.len(), 1, "exactly one append stores it: {new:?}");
+    assert!(
+        duplicates.iter().all(|m| *m == new[0]),
+        "the others get that one"
+    );
+    let page = store.page(&room("r"), Cursor::Latest, 100).await.unwrap();
+    assert_eq!(page.messages, new);
+}
