@@ -1,18 +1,36 @@
 //! The DynamoDB stores against a real DynamoDB API: moto_server on loopback (the endpoint from
 //! `AWS_ENDPOINT_URL_DYNAMODB`, or one started for this test process). Each test has its own
 //! tables, so they run concurrently on one moto.
+//!
+//! The ports' conformance suites run here (the connection suite twice: with DynamoDB's own
+//! Query pages, and with pages of two members); the tests below them are about DynamoDB itself:
+//! expired items, Query pages, and two store instances (two Lambda containers) on one table.
+//! Each test's requests reach moto one at a time ([`one_request_at_a_time`] says why), so that
+//! the suites' concurrency tests race the stores' conditional writes as DynamoDB would.
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chat_aws::testing::{dynamodb_client, fresh_tables};
+use chat_aws::testing::{fresh_tables, sdk_config};
 use chat_aws::{DynamoConnections, DynamoMessages, Tables};
-use chat_core::domain::{
-    ClientMsgId, ConnectionId, Cursor, DisplayName, Member, MessageId, MessageText, NewMessage,
-    RoomName, StoredMessage,
-};
+use chat_core::domain::{ConnectionId, Cursor, RoomName};
 use chat_core::memory::page_of;
 use chat_core::ports::{Appended, ConnectionStore, JoinOutcome, MessageStore};
 use chat_core::rate_limit::RateLimit;
+use chat_core::testing::fixtures::{append_new, guest, message, names, room};
+use chat_core::testing::message_store::assert_pages_match_the_reference;
+
+chat_core::message_store_conformance!(|| async { stores("messages").await.messages });
+chat_core::connection_store_conformance!(|| async { stores("connections").await.connections });
+
+/// Every room's members read two at a time: the suite's rooms span several Query pages.
+mod small_pages {
+    use super::*;
+
+    chat_core::connection_store_conformance!(|| async {
+        let s = stores("small-pages").await;
+        DynamoConnections::new(s.client, s.tables).with_page_size(Some(2))
+    });
+}
 
 struct Stores {
     client: Client,
@@ -22,7 +40,7 @@ struct Stores {
 }
 
 async fn stores(label: &str) -> Stores {
-    let client = dynamodb_client().await;
+    let client = one_request_at_a_time().await;
     let tables = fresh_tables(&client, label).await;
     Stores {
         connections: DynamoConnections::new(client.clone(), tables.clone()),
@@ -32,156 +50,14 @@ async fn stores(label: &str) -> Stores {
     }
 }
 
-fn member(name: &str) -> Member {
-    Member {
-        name: DisplayName::parse(name).unwrap(),
-        user_id: None,
-    }
-}
-
-fn room(name: &str) -> RoomName {
-    RoomName::parse(name).unwrap()
-}
-
+/// A guest's new connection, in the lobby.
 async fn connect(store: &DynamoConnections, name: &str) -> ConnectionId {
-    let id = ConnectionId::random();
-    store.insert(&id, &member(name)).await.unwrap();
+    let id = chat_core::testing::fixtures::connect(store, &guest(name)).await;
     assert_eq!(
         store.join(&id, &RoomName::lobby(), 50).await.unwrap(),
         JoinOutcome::Joined
     );
     id
-}
-
-fn new_message(
-    room_name: &str,
-    sender: &str,
-    text: &str,
-    client_msg_id: Option<&str>,
-) -> NewMessage {
-    NewMessage {
-        room: room(room_name),
-        sender: member(sender),
-        text: MessageText::parse(text.to_owned()).unwrap(),
-        client_msg_id: client_msg_id.map(|id| ClientMsgId::parse(id).unwrap()),
-    }
-}
-
-fn names(members: &[Member]) -> Vec<&str> {
-    members.iter().map(|m| m.name.as_str()).collect()
-}
-
-#[tokio::test]
-async fn a_connection_is_stored_joins_and_leaves_rooms_and_is_removed_with_its_memberships() {
-    let s = stores("conn").await;
-    let ada = connect(&s.connections, "ada").await;
-    let bob = connect(&s.connections, "bob").await;
-    let r = room("rust");
-
-    let record = s.connections.get(&ada).await.unwrap().unwrap();
-    assert_eq!(record.member, member("ada"));
-    assert_eq!(record.rooms, [RoomName::lobby()]);
-    assert!(
-        s.connections
-            .get(&ConnectionId::random())
-            .await
-            .unwrap()
-            .is_none()
-    );
-
-    assert_eq!(
-        s.connections.join(&ada, &r, 50).await.unwrap(),
-        JoinOutcome::Joined
-    );
-    assert_eq!(
-        s.connections.join(&ada, &r, 50).await.unwrap(),
-        JoinOutcome::AlreadyMember
-    );
-    assert_eq!(
-        s.connections.join(&bob, &r, 50).await.unwrap(),
-        JoinOutcome::Joined
-    );
-    assert_eq!(
-        s.connections.join(&bob, &room("third"), 2).await.unwrap(),
-        JoinOutcome::LimitExceeded
-    );
-    assert_eq!(
-        s.connections
-            .join(&ConnectionId::random(), &r, 50)
-            .await
-            .unwrap(),
-        JoinOutcome::NoConnection
-    );
-    // Rooms in the order joined; members in the order they joined.
-    assert_eq!(
-        s.connections.get(&ada).await.unwrap().unwrap().rooms,
-        [RoomName::lobby(), r.clone()]
-    );
-    assert_eq!(
-        s.connections.room_connections(&r).await.unwrap(),
-        [ada.clone(), bob.clone()]
-    );
-    assert_eq!(
-        names(&s.connections.room_members(&r, 1000).await.unwrap()),
-        ["ada", "bob"]
-    );
-
-    assert!(s.connections.leave(&ada, &r).await.unwrap());
-    assert!(
-        !s.connections.leave(&ada, &r).await.unwrap(),
-        "not a member any more"
-    );
-    assert_eq!(
-        s.connections.room_connections(&r).await.unwrap(),
-        std::slice::from_ref(&bob)
-    );
-    assert_eq!(
-        s.connections.get(&ada).await.unwrap().unwrap().rooms,
-        [RoomName::lobby()]
-    );
-
-    let removed = s.connections.remove(&bob).await.unwrap().unwrap();
-    assert_eq!(removed.rooms, [RoomName::lobby(), r.clone()]);
-    assert!(s.connections.get(&bob).await.unwrap().is_none());
-    assert!(s.connections.room_connections(&r).await.unwrap().is_empty());
-    assert_eq!(
-        s.connections
-            .room_connections(&RoomName::lobby())
-            .await
-            .unwrap(),
-        std::slice::from_ref(&ada)
-    );
-    assert!(
-        s.connections.remove(&bob).await.unwrap().is_none(),
-        "removing twice is fine"
-    );
-    // A removed connection cannot join again (no item is resurrected by the update).
-    assert_eq!(
-        s.connections.join(&bob, &r, 50).await.unwrap(),
-        JoinOutcome::NoConnection
-    );
-    assert!(s.connections.get(&bob).await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn the_same_person_on_two_connections_is_listed_once() {
-    let s = stores("twice").await;
-    connect(&s.connections, "ada").await;
-    connect(&s.connections, "ada").await;
-    connect(&s.connections, "bob").await;
-    let lobby = RoomName::lobby();
-    assert_eq!(
-        s.connections.room_connections(&lobby).await.unwrap().len(),
-        3
-    );
-    assert_eq!(
-        names(&s.connections.room_members(&lobby, 1000).await.unwrap()),
-        ["ada", "bob"]
-    );
-    assert_eq!(
-        names(&s.connections.room_members(&lobby, 1).await.unwrap()),
-        ["ada"]
-    );
 }
 
 /// Sets `ttl` (epoch seconds) on a connection and on its memberships, as if it had expired and
@@ -303,54 +179,21 @@ async fn membership_is_read_page_after_page_past_one_query_page() {
 }
 
 #[tokio::test]
-async fn history_pages_match_the_reference_paging_in_every_direction() {
+async fn history_pages_skip_the_members_and_idempotency_keys_in_the_rooms_partition() {
     let s = stores("history").await;
     let r = room("h");
     // Members and idempotency keys share the room's partition; they must not get in the way.
     let ada = connect(&s.connections, "ada").await;
     s.connections.join(&ada, &r, 50).await.unwrap();
-    let mut all: Vec<StoredMessage> = Vec::new();
+    let mut all = Vec::new();
     for i in 0..25 {
         let client_msg_id = (i % 2 == 0).then(|| format!("c{i}"));
-        let appended = s
-            .messages
-            .append(new_message(
-                "h",
-                "ada",
-                &format!("m{i}"),
-                client_msg_id.as_deref(),
-            ))
-            .await
-            .unwrap();
-        let Appended::New(message) = appended else {
-            panic!("a new message")
-        };
-        all.push(message);
+        let new = message("h", "ada", &format!("m{i}"), client_msg_id.as_deref());
+        all.push(append_new(&s.messages, new).await);
     }
-    let unknown_low = MessageId::parse("00000000-0000-7000-8000-000000000000").unwrap();
-    let unknown_high = MessageId::parse("ffffffff-ffff-7fff-bfff-ffffffffffff").unwrap();
-    let mut cursors = vec![Cursor::Latest];
-    for id in [all[0].id, all[7].id, all[24].id, unknown_low, unknown_high] {
-        cursors.push(Cursor::Before(id));
-        cursors.push(Cursor::After(id));
-    }
-    for cursor in cursors {
-        for limit in [1, 5, 24, 25, 100] {
-            let page = s.messages.page(&r, cursor, limit).await.unwrap();
-            assert_eq!(
-                page,
-                page_of(&all, cursor, limit),
-                "{cursor:?} limit {limit}"
-            );
-        }
-    }
-    // Another room's history is its own.
-    let other = s
-        .messages
-        .page(&room("other"), Cursor::Latest, 50)
-        .await
-        .unwrap();
-    assert!(other.messages.is_empty());
+    let bob = connect(&s.connections, "bob").await;
+    s.connections.join(&bob, &r, 50).await.unwrap();
+    assert_pages_match_the_reference(&s.messages, &r, &all).await;
 }
 
 #[tokio::test]
@@ -362,7 +205,7 @@ async fn long_messages_are_paged_past_dynamodbs_1_mb_query_pages() {
     for _ in 0..70 {
         let Appended::New(message) = s
             .messages
-            .append(new_message("long", "ada", &text, None))
+            .append(message("long", "ada", &text, None))
             .await
             .unwrap()
         else {
@@ -377,84 +220,19 @@ async fn long_messages_are_paged_past_dynamodbs_1_mb_query_pages() {
 }
 
 #[tokio::test]
-async fn a_client_msg_id_is_stored_once_per_sender_and_room() {
-    let s = stores("dedupe").await;
-    let first = s
-        .messages
-        .append(new_message("lobby", "ada", "once", Some("m-1")))
-        .await
-        .unwrap();
-    let Appended::New(first) = first else {
-        panic!("new")
-    };
-    let again = s
-        .messages
-        .append(new_message("lobby", "ada", "once", Some("m-1")))
-        .await
-        .unwrap();
-    assert_eq!(again, Appended::Duplicate(first.clone()));
-    let found = s
-        .messages
-        .find_by_client_msg_id(
-            &RoomName::lobby(),
-            &member("ada").sender_key(),
-            &ClientMsgId::parse("m-1").unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(found, Some(first.clone()));
-    // Another sender, or another room: a new message.
-    assert!(matches!(
-        s.messages
-            .append(new_message("lobby", "bob", "once", Some("m-1")))
-            .await
-            .unwrap(),
-        Appended::New(_)
-    ));
-    assert!(matches!(
-        s.messages
-            .append(new_message("elsewhere", "ada", "once", Some("m-1")))
-            .await
-            .unwrap(),
-        Appended::New(_)
-    ));
-    // Names that would run together in a naive key stay apart.
-    assert!(matches!(
-        s.messages
-            .append(new_message("lobby", "a#m", "x", Some("1")))
-            .await
-            .unwrap(),
-        Appended::New(_)
-    ));
-    assert!(matches!(
-        s.messages
-            .append(new_message("lobby", "a", "x", Some("m#1")))
-            .await
-            .unwrap(),
-        Appended::New(_)
-    ));
-    let lobby = s
-        .messages
-        .page(&RoomName::lobby(), Cursor::Latest, 100)
-        .await
-        .unwrap();
-    assert_eq!(lobby.messages.len(), 4, "the retry stored nothing");
-}
-
-#[tokio::test]
 async fn a_retry_through_another_container_finds_the_first_message() {
     let s = stores("retry").await;
     let other = DynamoMessages::new(s.client.clone(), s.tables.clone());
     let Appended::New(first) = s
         .messages
-        .append(new_message("lobby", "ada", "hi", Some("same")))
+        .append(message("lobby", "ada", "hi", Some("same")))
         .await
         .unwrap()
     else {
         panic!("new")
     };
     let again = other
-        .append(new_message("lobby", "ada", "hi", Some("same")))
+        .append(message("lobby", "ada", "hi", Some("same")))
         .await
         .unwrap();
     assert_eq!(again, Appended::Duplicate(first.clone()));
@@ -505,4 +283,87 @@ async fn the_rate_limit_holds_across_two_store_instances() {
             .unwrap(),
         "a token after 100 ms"
     );
+}
+
+/// A client of moto whose requests reach it one at a time.
+///
+/// moto checks a write's condition and then writes, in two steps, and undoes a cancelled
+/// transaction by restoring a copy of each table it touched, taken when it began: two requests at
+/// once on one table can both pass a condition, and a cancelled transaction throws away what
+/// others wrote meanwhile (seen here: a sequential retry of an appended message stored it again,
+/// its idempotency key lost to another append's rollback). DynamoDB makes each request atomic.
+/// One request at a time, moto does too, while the stores' calls still interleave between
+/// requests as they do on DynamoDB: the suites' concurrency tests race the stores' conditional
+/// writes for real. Each test has its own client, so the tests still run side by side.
+async fn one_request_at_a_time() -> Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config().await)
+        .http_client(serial::OneAtATime::new(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .build_https(),
+        ))
+        .build();
+    Client::from_conf(config)
+}
+
+mod serial {
+    use std::sync::Arc;
+
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+        SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+    use tokio::sync::Semaphore;
+
+    /// An HTTP client whose connectors share one turn: a request waits for the one before it.
+    #[derive(Debug)]
+    pub struct OneAtATime {
+        inner: SharedHttpClient,
+        turn: Arc<Semaphore>,
+    }
+
+    impl OneAtATime {
+        pub fn new(inner: SharedHttpClient) -> Self {
+            Self {
+                inner,
+                turn: Arc::new(Semaphore::new(1)),
+            }
+        }
+    }
+
+    impl HttpClient for OneAtATime {
+        fn http_connector(
+            &self,
+            settings: &HttpConnectorSettings,
+            components: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            SharedHttpConnector::new(InTurn {
+                inner: self.inner.http_connector(settings, components),
+                turn: self.turn.clone(),
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct InTurn {
+        inner: SharedHttpConnector,
+        turn: Arc<Semaphore>,
+    }
+
+    impl HttpConnector for InTurn {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            let (inner, turn) = (self.inner.clone(), self.turn.clone());
+            HttpConnectorFuture::new(async move {
+                // moto answers once the request is done: the turn ends with the response head.
+                let _turn = turn
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                inner.call(request).await
+            })
+        }
+    }
 }
