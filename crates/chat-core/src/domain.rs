@@ -313,7 +313,7 @@ impl Member {
     }
 }
 
-/// The records of a room's history, as the stores keep them and the frames show them.
+// The records of a room's history, as the stores keep them and the frames show them.
 
 /// A message to store. The store gives it its id and time.
 #[derive(Debug, Clone)]

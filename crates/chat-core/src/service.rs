@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
@@ -31,6 +33,46 @@ pub struct ConnectRequest {
     pub user_id: Option<String>,
     /// The display name from a verified token (its `name` claim, else `sub`).
     pub token_name: Option<String>,
+}
+
+impl ConnectRequest {
+    /// The `name` query parameter (the first, when repeated), and the user an authorizer's
+    /// context names, if any; `context` reads one field of that context.
+    pub fn new<'a>(name: Option<&str>, context: impl Fn(&str) -> Option<&'a Value>) -> Self {
+        let user = authorizer_context::user(context);
+        Self {
+            name: name.map(str::to_owned),
+            token_name: user.as_ref().and_then(|(_, name)| name.clone()),
+            user_id: user.map(|(id, _)| id),
+        }
+    }
+}
+
+/// How an authorizer names the user in its context (API Gateway's `requestContext.authorizer`),
+/// one shape on both paths: the Lambda authorizer and the local binary's in-process one write
+/// it, and `$connect` reads it into a [`ConnectRequest`].
+pub mod authorizer_context {
+    use serde_json::{Map, Value};
+
+    pub const USER_ID: &str = "userId";
+    pub const NAME: &str = "name";
+
+    /// The context for a user (strings only, as API Gateway requires of context values).
+    pub fn of(user_id: &str, name: Option<&str>) -> Map<String, Value> {
+        let mut context = Map::new();
+        context.insert(USER_ID.into(), Value::String(user_id.into()));
+        if let Some(name) = name {
+            context.insert(NAME.into(), Value::String(name.into()));
+        }
+        context
+    }
+
+    /// The user (id, name claim) a context names, if any: `get` reads one of its fields.
+    pub fn user<'a>(get: impl Fn(&str) -> Option<&'a Value>) -> Option<(String, Option<String>)> {
+        let user_id = get(USER_ID)?.as_str().filter(|id| !id.is_empty())?;
+        let name = get(NAME).and_then(Value::as_str).map(str::to_owned);
+        Some((user_id.to_owned(), name))
+    }
 }
 
 /// Why a handshake is refused, with the HTTP status API Gateway would give.

@@ -23,7 +23,8 @@ use aws_lambda_events::apigw::{
 };
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use chat_auth::{AuthError, Identity, Verifier};
-use serde_json::{Value, json};
+use chat_core::service::authorizer_context;
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::config::ConfigError;
@@ -179,11 +180,11 @@ impl Authorizer {
         &self,
         event: &ApiGatewayCustomAuthorizerRequestTypeRequest,
     ) -> Result<ApiGatewayCustomAuthorizerResponse, Denied> {
-        // As for `name`: the first of repeated parameters counts.
-        let token = event
-            .multi_value_query_string_parameters
-            .first("token")
-            .or_else(|| event.query_string_parameters.first("token"));
+        let token = crate::handlers::first_query_value(
+            &event.multi_value_query_string_parameters,
+            &event.query_string_parameters,
+            "token",
+        );
         let identity = match self.verify(token).await {
             Ok(identity) => identity,
             Err(denied) => {
@@ -206,10 +207,6 @@ fn reason(denied: &Denied) -> String {
     }
 }
 
-/// The context keys the `connect` function reads (`requestContext.authorizer.*`).
-pub const CONTEXT_USER_ID: &str = "userId";
-pub const CONTEXT_NAME: &str = "name";
-
 /// `Allow` for this route only, with the user in the context (strings only, as API Gateway
 /// requires of context values).
 fn allow(method_arn: &str, identity: &Identity) -> ApiGatewayCustomAuthorizerResponse {
@@ -220,14 +217,11 @@ fn allow(method_arn: &str, identity: &Identity) -> ApiGatewayCustomAuthorizerRes
     let mut policy = ApiGatewayCustomAuthorizerPolicy::default();
     policy.version = Some("2012-10-17".into());
     policy.statement = vec![statement];
-    let mut context = json!({ CONTEXT_USER_ID: identity.user_id });
-    if let Some(name) = &identity.name {
-        context[CONTEXT_NAME] = json!(name);
-    }
+    let context = authorizer_context::of(&identity.user_id, identity.name.as_deref());
     let mut response = ApiGatewayCustomAuthorizerResponse::default();
     response.principal_id = Some(identity.user_id.clone());
     response.policy_document = policy;
-    response.context = context;
+    response.context = Value::Object(context);
     response
 }
 
@@ -335,22 +329,14 @@ impl JwksCache {
 
 /// The user the authorizer put in an event's `requestContext.authorizer`, if any.
 pub fn identity_from_context(fields: &HashMap<String, Value>) -> Option<Identity> {
-    let user_id = fields.get(CONTEXT_USER_ID)?.as_str()?.to_owned();
-    if user_id.is_empty() {
-        return None;
-    }
-    Some(Identity {
-        user_id,
-        name: fields
-            .get(CONTEXT_NAME)
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    })
+    authorizer_context::user(|key| fields.get(key))
+        .map(|(user_id, name)| Identity { user_id, name })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn config(vars: &[(&str, &str)]) -> Result<AuthorizerConfig, ConfigError> {
         let vars: HashMap<String, String> = vars

@@ -14,6 +14,7 @@ use aws_lambda_events::apigw::{
     ApiGatewayWebsocketProxyRequestContext,
 };
 use aws_lambda_events::encodings::Body;
+use aws_lambda_events::query_map::QueryMap;
 use chat_aws::{DynamoConnections, DynamoMessages, ManagementClients};
 use chat_core::domain::ConnectionId;
 use chat_core::ports::{ConnectionStore, MessageStore, Notifier};
@@ -22,7 +23,6 @@ use chat_core::{Chat, ChatConfig, ConnectRequest};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-use crate::authorizer::identity_from_context;
 use crate::config::{Config, ManagementEndpoint};
 
 /// The notifier for the API an event came from, by its management endpoint.
@@ -101,20 +101,16 @@ impl Handlers {
                     Err(failure) => return failure.connect_response(),
                 };
                 // API Gateway puts every value of a repeated parameter in the multi-value map,
-                // and only the last in the other: the first counts.
-                let name = event
-                    .multi_value_query_string_parameters
-                    .first("name")
-                    .or_else(|| event.query_string_parameters.first("name"))
-                    .map(str::to_owned);
-                // With authentication on, the authorizer has checked the token and put the
-                // user in the context; the `name` parameter then does not count.
-                let identity = identity_from_context(&event.request_context.authorizer.fields);
-                let request = ConnectRequest {
-                    name,
-                    user_id: identity.as_ref().map(|user| user.user_id.clone()),
-                    token_name: identity.and_then(|user| user.name),
-                };
+                // and only the last in the other: the first counts. With authentication on, the
+                // authorizer has checked the token and put the user in the context; the `name`
+                // parameter then does not count.
+                let name = first_query_value(
+                    &event.multi_value_query_string_parameters,
+                    &event.query_string_parameters,
+                    "name",
+                );
+                let context = &event.request_context.authorizer.fields;
+                let request = ConnectRequest::new(name, |key| context.get(key));
                 match chat.connect(&id, &request).await {
                     Ok(member) => {
                         tracing::info!(name = member.name.as_str(), "connected");
@@ -210,6 +206,16 @@ impl Handlers {
         );
         Ok((id, chat))
     }
+}
+
+/// A query parameter of an event, by the protocol's rule for repeated ones (the first counts):
+/// API Gateway puts every value in the multi-value map and only the last in the other.
+pub fn first_query_value<'a>(
+    multi_value: &'a QueryMap,
+    single: &'a QueryMap,
+    name: &str,
+) -> Option<&'a str> {
+    multi_value.first(name).or_else(|| single.first(name))
 }
 
 /// An event that API Gateway would never send: no connection id, or no domain and stage.

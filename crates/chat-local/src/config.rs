@@ -67,11 +67,11 @@ pub struct Settings {
     pub send_buffer: usize,
 
     /// sendMessage allowance per connection: the burst.
-    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 20)]
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = RateLimit::DEFAULT.burst)]
     pub rate_burst: u32,
 
     /// sendMessage allowance per connection: the steady rate, per second.
-    #[arg(long, env = "CHAT_RATE_PER_SECOND", default_value_t = 10)]
+    #[arg(long, env = "CHAT_RATE_PER_SECOND", default_value_t = RateLimit::DEFAULT.per_second)]
     pub rate_per_second: u32,
 
     /// Handshakes one IP address may make at once (then `--ip-connect-per-second`); past it, 429.
@@ -102,6 +102,11 @@ pub struct Settings {
 
     #[command(flatten)]
     pub auth: AuthSettings,
+
+    /// Lambda mode: the AWS SDK's configuration; `None` reads it from the environment, as on
+    /// Lambda. Not a flag: tests and embedders set it (e.g. to point at a local DynamoDB).
+    #[arg(skip)]
+    pub aws: Option<aws_config::SdkConfig>,
 }
 
 fn parse_stage(s: &str) -> Result<String, String> {
@@ -117,28 +122,20 @@ fn parse_stage(s: &str) -> Result<String, String> {
 }
 
 impl Settings {
-    /// Defaults for tests: an ephemeral port and the given data directory.
+    /// The defaults of `chat serve` (the flags' own, not the environment's), on an ephemeral
+    /// loopback port and the given data directory: for tests.
     pub fn for_tests(data_dir: PathBuf) -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir,
-            stage: "dev".into(),
-            max_connections: 10_000,
-            idle_timeout: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(7200),
-            send_queue: 1024,
-            write_timeout: Duration::from_secs(10),
-            send_buffer: 64 * 1024,
-            rate_burst: 20,
-            rate_per_second: 10,
-            ip_connect_burst: 100,
-            ip_connect_per_second: 20,
-            backend: BackendKind::Embedded,
-            websocket_table: Tables::DEFAULT_CONNECTIONS.into(),
-            messages_table: Tables::DEFAULT_MESSAGES.into(),
-            create_tables: false,
-            auth: AuthSettings::default(),
-        }
+        use clap::{Command, FromArgMatches};
+        // Without the environment: a CHAT_* variable of the machine must not change a test.
+        let command = Self::augment_args(Command::new("chat")).mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from([
+            "chat".as_ref(),
+            "--addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ]);
+        Self::from_arg_matches(&matches).expect("the defaults are valid settings")
     }
 
     pub fn chat_config(&self) -> ChatConfig {

@@ -3,22 +3,55 @@
 //!
 //! # Layout
 //!
-//! - [`auth`]: JWT verification on `$connect` (the same code as the Lambda authorizer).
+//! [`run`] is the one way in: it builds the gateway, the back end the settings name, and serves.
+//!
+//! - [`gateway`]: API Gateway's WebSocket API, emulated: WebSockets at `/{stage}` with its rules,
+//!   `@connections`, the web client, graceful shutdown. It knows the integration behind it only
+//!   as a [`gateway::Backend`].
+//! - [`backends`]: the integrations: [`backends::embedded`] (the chat core with SQLite, in
+//!   process), [`backends::lambda`] (`--backend lambda`: the Lambda handlers, unchanged, on
+//!   DynamoDB), and [`backends::events`] (API Gateway's event shapes, for the latter).
 //! - [`config`]: the settings of `chat serve`, from flags, the environment and `.env`.
-//! - [`backend`]: what runs behind the gateway: the chat core with SQLite and in-process
-//!   delivery (`embedded`), the same trait the Lambda mode implements.
-//! - [`lambda_mode`]: the other back end (`--backend lambda`): the Lambda handlers, unchanged, fed
-//!   events in API Gateway's shape, on DynamoDB, posting to the gateway's own `@connections`.
-//! - [`gateway`]: the axum server: WebSockets at `/{stage}` with API Gateway's rules,
-//!   the `@connections` management API, the web client, graceful shutdown.
+//! - [`auth`]: the token settings (the same verifier as the Lambda authorizer).
 //! - [`web`]: the browser client's files, embedded in the binary.
 
 pub mod auth;
-pub mod backend;
+pub mod backends;
 pub mod config;
 pub mod gateway;
-pub mod lambda_mode;
 pub mod web;
 
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
 pub use config::Settings;
-pub use gateway::{Server, serve};
+pub use gateway::Server;
+
+use backends::embedded::Embedded;
+use backends::lambda::LambdaBackend;
+use config::BackendKind;
+use gateway::{Backend, Gateway};
+
+/// The one way to start the server (the composition root): the gateway on `listener`, with the
+/// back end `settings.backend` names behind it, until `shutdown` is cancelled. Returns once it
+/// serves; [`Server::wait`] waits for it to stop.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
+    let gateway = Gateway::new(&settings);
+    let backend: Arc<dyn Backend> = match settings.backend {
+        BackendKind::Embedded => Arc::new(Embedded::open(&settings, gateway.outbox())?),
+        BackendKind::Lambda => {
+            let sdk = match &settings.aws {
+                Some(sdk) => sdk.clone(),
+                None => backends::lambda::sdk_config_from_env().await,
+            };
+            Arc::new(LambdaBackend::open(&settings, &sdk, listener.local_addr()?).await?)
+        }
+    };
+    gateway.serve(listener, settings, backend, shutdown)
+}

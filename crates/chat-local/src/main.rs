@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server.
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Print an HS256 token for local testing of authentication (see `serve --jwt-secret`).
     Token(TokenArgs),
 }
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")?
-            .block_on(serve(settings)),
+            .block_on(serve(*settings)),
         Command::Token(args) => print_token(args),
     }
 }
@@ -94,7 +94,10 @@ fn main() -> anyhow::Result<()> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stage = settings.stage.clone();
     let shutdown = CancellationToken::new();
-    let server = chat_local::serve(settings, shutdown.clone())
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let server = chat_local::run(listener, settings, shutdown.clone())
         .await
         .context("cannot start the server")?;
     let addr = server.local_addr;

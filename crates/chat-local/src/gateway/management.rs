@@ -118,12 +118,12 @@ pub async fn get(
         Ok(handle) => handle,
         Err(unreachable) => return unreachable.into_response(),
     };
-    let mut identity = json!({ "sourceIp": handle.source_ip.to_string() });
-    if let Some(user_agent) = &handle.user_agent {
+    let mut identity = json!({ "sourceIp": handle.facts.source_ip.to_string() });
+    if let Some(user_agent) = &handle.facts.user_agent {
         identity["userAgent"] = json!(user_agent);
     }
     Json(json!({
-        "connectedAt": iso8601(handle.connected_at_ms),
+        "connectedAt": iso8601(handle.facts.connected_at_ms),
         "lastActiveAt": iso8601(handle.last_active_ms()),
         "identity": identity,
     }))

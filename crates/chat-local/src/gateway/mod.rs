@@ -5,14 +5,26 @@
 //! - `/{stage}/@connections/{id}`: the management API ([`management`]).
 //! - `/`: the web client.
 //!
-//! [`serve`] binds, starts, and returns a [`Server`] with its address; shutting it down closes
-//! every connection with 1001, waits for their `$disconnect`, and flushes the store.
+//! It knows the integration behind it only as a [`Backend`], to which it hands every fact of a
+//! connection ([`Connection`]); a back end in the same process delivers frames through the
+//! [`Outbox`]. [`Gateway::serve`] starts it on a listener and returns a [`Server`]; shutting it
+//! down closes every connection with 1001, waits for their `$disconnect`, and flushes the store.
+//!
+//! - [`backend`]: the [`Backend`] trait and what it is handed.
+//! - [`registry`]: the live connections and their bounded send queues; the [`Outbox`].
+//! - [`socket`]: one connection after the handshake: its reader and writer.
+//! - [`management`]: `@connections` over HTTP.
+//! - `admission`: the per-IP handshake rate; `query`: the handshake's query string.
 
 mod admission;
+pub mod backend;
 pub mod management;
 mod query;
 pub mod registry;
 mod socket;
+
+pub use backend::{Backend, Closed, Connection, Handshake, Refusal};
+pub use registry::{Outbox, Posted};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +36,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chat_core::clock::now_ms;
 use chat_core::domain::ConnectionId;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -31,9 +44,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, Embedded, Handshake};
-use crate::config::{BackendKind, Settings};
-use registry::{Registry, now_ms};
+use crate::config::Settings;
+use registry::Registry;
 
 /// API Gateway's limits on what a client sends.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024;
@@ -58,9 +70,7 @@ pub struct AppState {
 /// A running server.
 pub struct Server {
     pub local_addr: SocketAddr,
-    /// The live connections (tests read connection ids from it, as a back end would from
-    /// `$connect`).
-    pub registry: Arc<Registry>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -75,66 +85,56 @@ impl Server {
         self.task.await?
     }
 
-    /// The WebSocket URL of the server.
-    pub fn ws_url(&self, stage: &str) -> String {
-        format!("ws://{}/{stage}", self.local_addr)
+    /// The live connections' ids (tests read them, as a back end would from `$connect`).
+    pub fn connection_ids(&self) -> Vec<ConnectionId> {
+        self.registry.ids()
     }
 }
 
-/// Binds `settings.addr`, starts the back end `settings.backend` names (the embedded store, or
-/// the Lambda handlers on DynamoDB configured from the environment), and serves until `shutdown`
-/// is cancelled.
-pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
-    match settings.backend {
-        BackendKind::Embedded => {
-            let registry = Arc::new(Registry::new(settings.max_connections, settings.send_queue));
-            let backend = Arc::new(Embedded::open(&settings, registry.clone())?);
-            serve_with(settings, backend, registry, shutdown).await
-        }
-        BackendKind::Lambda => {
-            let sdk = crate::lambda_mode::sdk_config_from_env().await;
-            crate::lambda_mode::serve(settings, sdk, shutdown).await
+/// The gateway before it serves: its connections exist first, so that a back end can be given
+/// their [`Outbox`] before the gateway is given the back end.
+pub struct Gateway {
+    registry: Arc<Registry>,
+}
+
+impl Gateway {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            registry: Arc::new(Registry::new(settings.max_connections, settings.send_queue)),
         }
     }
-}
 
-/// Like [`serve`], with any backend.
-pub async fn serve_with(
-    settings: Settings,
-    backend: Arc<dyn Backend>,
-    registry: Arc<Registry>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Server> {
-    let listener = TcpListener::bind(settings.addr).await?;
-    serve_on(listener, settings, backend, registry, shutdown).await
-}
+    /// How an in-process back end delivers to this gateway's connections.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.registry.clone())
+    }
 
-/// Like [`serve_with`], on a listener already bound (the Lambda mode must know its port before
-/// it builds its back end: the events name it).
-pub async fn serve_on(
-    listener: TcpListener,
-    settings: Settings,
-    backend: Arc<dyn Backend>,
-    registry: Arc<Registry>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Server> {
-    let local_addr = listener.local_addr()?;
-    let settings_ip_rate = settings.ip_connect_rate();
-    let state = AppState {
-        backend,
-        registry: registry.clone(),
-        settings: Arc::new(settings),
-        shutdown: shutdown.clone(),
-        connections: TaskTracker::new(),
-        admission: Arc::new(admission::Admission::new(settings_ip_rate)),
-    };
-    let task = tokio::spawn(run(listener, state));
-    Ok(Server {
-        local_addr,
-        registry,
-        shutdown,
-        task,
-    })
+    /// Serves on `listener`, with `backend` behind, until `shutdown` is cancelled.
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        settings: Settings,
+        backend: Arc<dyn Backend>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let admission = Arc::new(admission::Admission::new(settings.ip_connect_rate()));
+        let state = AppState {
+            backend,
+            registry: self.registry.clone(),
+            settings: Arc::new(settings),
+            shutdown: shutdown.clone(),
+            connections: TaskTracker::new(),
+            admission,
+        };
+        let task = tokio::spawn(run(listener, state));
+        Ok(Server {
+            local_addr,
+            registry: self.registry,
+            shutdown,
+            task,
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -192,7 +192,12 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "message": message }))).into_response()
 }
 
-/// The handshake: `$connect`, then the upgrade.
+fn refuse_with(refusal: Refusal) -> Response {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    refuse(status, &refusal.message)
+}
+
+/// The handshake: the authorizer, `$connect`, then the upgrade.
 async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -227,27 +232,34 @@ async fn websocket(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let connection_id = ConnectionId::random();
-    // Registered before `$connect`, so that frames sent to it from then on wait in its queue.
-    let Ok((handle, queue)) =
-        state
-            .registry
-            .register(connection_id.clone(), peer.ip(), user_agent.clone())
-    else {
-        return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections");
-    };
     let handshake = Handshake {
-        connection_id: connection_id.clone(),
         query: query::pairs(&raw_query),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect(),
+    };
+    let mut facts = Connection {
+        id: ConnectionId::random(),
+        connected_at_ms: now_ms(),
         source_ip: peer.ip(),
         user_agent,
-        connected_at_ms: now_ms(),
+        authorizer: None,
     };
-    if let Err(refusal) = state.backend.connect(&handshake).await {
+    // The authorizer runs before `$connect`, as on API Gateway; its context then goes with
+    // every call about the connection.
+    match state.backend.authorize(&facts, &handshake).await {
+        Ok(context) => facts.authorizer = context,
+        Err(refusal) => return refuse_with(refusal),
+    }
+    let connection_id = facts.id.clone();
+    // Registered before `$connect`, so that frames sent to it from then on wait in its queue.
+    let Ok((handle, queue)) = state.registry.register(facts) else {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections");
+    };
+    if let Err(refusal) = state.backend.connect(&handle.facts, &handshake).await {
         state.registry.remove(&connection_id);
-        let status =
-            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return refuse(status, &refusal.message);
+        return refuse_with(refusal);
     }
     let failed_state = state.clone();
     let failed_id = connection_id.clone();
@@ -259,9 +271,16 @@ async fn websocket(
         .read_buffer_size(4 * 1024)
         .on_failed_upgrade(move |e| {
             tracing::debug!(error = %e, "upgrade failed after $connect");
+            let Some(handle) = failed_state.registry.get(&failed_id) else {
+                return;
+            };
             failed_state.registry.remove(&failed_id);
             let backend = failed_state.backend.clone();
-            tokio::spawn(async move { backend.disconnect(&failed_id).await });
+            let closed = Closed {
+                status_code: 1006,
+                reason: "connection lost".into(),
+            };
+            tokio::spawn(async move { backend.disconnect(&handle.facts, &closed).await });
         })
         .on_upgrade(move |socket| tracker.track_future(socket::run(socket, state, handle, queue)))
 }

@@ -1,4 +1,5 @@
-//! The live connections of this gateway, and the in-process [`Notifier`] over them.
+//! The live connections of this gateway, each with its send queue, and the [`Outbox`] through
+//! which a back end in the same process posts to them (the in-process `@connections`).
 //!
 //! Each connection has a bounded queue drained by its own writer task. Delivery never waits:
 //! a frame is pushed without blocking, and a connection whose queue is full is a slow consumer,
@@ -7,20 +8,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use chat_core::clock::now_ms;
 use chat_core::domain::ConnectionId;
-use chat_core::ports::{Delivery, Notifier, NotifyError};
-use chat_core::protocol::Payload;
 use futures_util::task::AtomicWaker;
-use tokio_util::sync::CancellationToken;
+
+use super::backend::Connection;
 
 /// Close codes the gateway uses.
 pub mod close_code {
@@ -38,36 +36,27 @@ pub enum Outbound {
     Binary(Bytes),
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// One live connection, shared by its reader, its writer, the notifier and the management API.
+/// One live connection, shared by its reader, its writer, the outbox and the management API.
 #[derive(Debug)]
 pub struct ConnectionHandle {
     pub id: ConnectionId,
+    /// What every call to the back end about this connection carries.
+    pub facts: Connection,
     /// Frames waiting for the writer. A plain deque behind a lock: it allocates nothing while
     /// empty (an idle connection costs no queue memory), and a push is one uncontended lock.
     queue: Mutex<VecDeque<Outbound>>,
     queue_len: usize,
     /// The writer is gone: frames pushed now are dropped.
     writer_gone: AtomicBool,
-    /// Cancelled when the connection must close, from inside or out; the writer then sends the
-    /// close frame in `close_frame` and the reader stops.
-    closing: CancellationToken,
-    /// The same fact, for the hot paths: reading a `CancellationToken` takes a lock, and
-    /// waiting on one takes a lock on every poll, once per frame written.
-    closed: AtomicBool,
+    /// Set once, when the connection must close (from inside or out): the close frame the writer
+    /// sends. Its being set is the one record of "closing"; reading it is one atomic load, where
+    /// a `CancellationToken` would take a lock on every poll, once per frame written.
+    close_frame: OnceLock<(u16, &'static str)>,
     /// Wakes the writer task: a frame was queued, or the connection must close.
     writer_waker: AtomicWaker,
-    close_frame: OnceLock<(u16, &'static str)>,
-    pub connected_at_ms: u64,
+    /// Wakes the reader task: the connection must close.
+    reader_waker: AtomicWaker,
     last_active_ms: AtomicU64,
-    pub source_ip: IpAddr,
-    pub user_agent: Option<String>,
 }
 
 impl ConnectionHandle {
@@ -106,23 +95,31 @@ impl ConnectionHandle {
     /// Asks for the connection to close with this code; the first request wins.
     pub fn close(&self, code: u16, reason: &'static str) {
         let _ = self.close_frame.set((code, reason));
-        self.closed.store(true, Ordering::Release);
         self.writer_waker.wake();
-        self.closing.cancel();
+        self.reader_waker.wake();
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.close_frame.get().is_some()
     }
 
-    /// Resolves once the connection must close: the writer's wait, lock-free (a
-    /// `CancellationToken` locks a mutex on every poll). One task may wait at a time.
+    /// Resolves once the connection must close: the writer's wait.
     pub async fn closed_for_writer(&self) {
+        self.closed(&self.writer_waker).await
+    }
+
+    /// Resolves once the connection must close: the reader's wait.
+    pub async fn closed_for_reader(&self) {
+        self.closed(&self.reader_waker).await
+    }
+
+    /// Lock-free; one task may wait on each waker at a time.
+    async fn closed(&self, waker: &AtomicWaker) {
         poll_fn(|cx| {
             if self.is_closing() {
                 return Poll::Ready(());
             }
-            self.writer_waker.register(cx.waker());
+            waker.register(cx.waker());
             // Closed between the check and the registration: `close` may have woken nobody.
             if self.is_closing() {
                 Poll::Ready(())
@@ -131,10 +128,6 @@ impl ConnectionHandle {
             }
         })
         .await
-    }
-
-    pub fn closing(&self) -> &CancellationToken {
-        &self.closing
     }
 
     /// The close frame asked for, if any.
@@ -224,30 +217,22 @@ impl Registry {
 
     /// Adds a connection (before `$connect` runs, so that nothing sent to it is lost), unless
     /// the server is full.
-    pub fn register(
-        &self,
-        id: ConnectionId,
-        source_ip: IpAddr,
-        user_agent: Option<String>,
-    ) -> Result<(Arc<ConnectionHandle>, Frames), Full> {
+    pub fn register(&self, facts: Connection) -> Result<(Arc<ConnectionHandle>, Frames), Full> {
         let mut connections = self.lock();
         if connections.len() >= self.max_connections {
             return Err(Full);
         }
-        let now = now_ms();
+        let id = facts.id.clone();
         let handle = Arc::new(ConnectionHandle {
             id: id.clone(),
+            last_active_ms: AtomicU64::new(facts.connected_at_ms),
+            facts,
             queue: Mutex::new(VecDeque::new()),
             queue_len: self.queue_len,
             writer_gone: AtomicBool::new(false),
-            closing: CancellationToken::new(),
-            closed: AtomicBool::new(false),
-            writer_waker: AtomicWaker::new(),
             close_frame: OnceLock::new(),
-            connected_at_ms: now,
-            last_active_ms: AtomicU64::new(now),
-            source_ip,
-            user_agent,
+            writer_waker: AtomicWaker::new(),
+            reader_waker: AtomicWaker::new(),
         });
         connections.insert(id, handle.clone());
         let frames = Frames {
@@ -284,43 +269,42 @@ impl Registry {
     }
 }
 
-/// Delivers the chat core's frames straight into the gateway's connection queues.
-pub struct LocalNotifier {
+/// What a post to a connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posted {
+    /// Queued for the connection (or dropped because it is closing: its `$disconnect` is on
+    /// its way, and will tell its rooms).
+    Queued,
+    /// No such connection (API Gateway's `410 GoneException`).
+    Gone,
+}
+
+/// The in-process `@connections`: how a back end in this process delivers to the gateway's
+/// connections, without reading anything else of the gateway.
+#[derive(Clone)]
+pub struct Outbox {
     registry: Arc<Registry>,
 }
 
-impl LocalNotifier {
+impl Outbox {
     pub fn new(registry: Arc<Registry>) -> Self {
         Self { registry }
     }
-}
 
-fn to_text(payload: &Payload) -> Result<Utf8Bytes, NotifyError> {
-    Utf8Bytes::try_from(payload.bytes().clone()).map_err(|e| NotifyError(e.to_string()))
-}
-
-#[async_trait]
-impl Notifier for LocalNotifier {
-    async fn send(&self, to: &ConnectionId, payload: &Payload) -> Result<Delivery, NotifyError> {
-        let Some(handle) = self.registry.get(to) else {
-            return Ok(Delivery::Gone);
-        };
-        // A frame dropped because the connection is closing is not "gone": its own
-        // `$disconnect` is on its way and will tell its rooms.
-        handle.push(Outbound::Text(to_text(payload)?));
-        Ok(Delivery::Delivered)
+    /// Posts one text frame to one connection.
+    pub fn post(&self, to: &ConnectionId, text: Utf8Bytes) -> Posted {
+        match self.registry.get(to) {
+            Some(handle) => {
+                handle.push(Outbound::Text(text));
+                Posted::Queued
+            }
+            None => Posted::Gone,
+        }
     }
 
-    /// One conversion and one lock for the whole room; each recipient gets a reference-counted
-    /// clone of the same bytes.
-    async fn broadcast(&self, to: &[ConnectionId], payload: &Payload) -> Vec<ConnectionId> {
-        let text = match to_text(payload) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(error = %e, "a payload is not UTF-8");
-                return Vec::new();
-            }
-        };
+    /// Posts one text frame to many connections, under one lock; each gets a
+    /// reference-counted clone of the same bytes. Returns those that are gone.
+    pub fn post_many(&self, to: &[ConnectionId], text: &Utf8Bytes) -> Vec<ConnectionId> {
         let connections = self.registry.lock();
         let mut gone = Vec::new();
         for id in to {
@@ -332,5 +316,140 @@ impl Notifier for LocalNotifier {
             }
         }
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn facts(id: &str) -> Connection {
+        Connection {
+            id: ConnectionId::new(id),
+            connected_at_ms: now_ms(),
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: None,
+            authorizer: None,
+        }
+    }
+
+    fn text(s: &'static str) -> Outbound {
+        Outbound::Text(Utf8Bytes::from_static(s))
+    }
+
+    fn as_text(frame: Outbound) -> String {
+        match frame {
+            Outbound::Text(text) => text.to_string(),
+            Outbound::Binary(_) => panic!("a binary frame"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_the_order_pushed_and_a_waiting_writer_is_woken() {
+        let registry = Registry::new(10, 8);
+        let (handle, mut frames) = registry.register(facts("a")).unwrap();
+        let writer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(frame) = frames.recv().await {
+                got.push(as_text(frame));
+            }
+            got
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await; // the writer waits, empty
+        assert!(handle.push(text("1")));
+        assert!(handle.push(text("2")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(handle.push(text("3")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        handle.close(close_code::NORMAL, "");
+        let got = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("close wakes the writer")
+            .unwrap();
+        assert_eq!(got, ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection_as_a_slow_consumer() {
+        let registry = Registry::new(10, 2);
+        let (handle, mut frames) = registry.register(facts("a")).unwrap();
+        assert!(handle.push(text("1")));
+        assert!(handle.push(text("2")));
+        assert!(!handle.push(text("3")), "the third does not fit");
+        assert!(handle.is_closing());
+        assert_eq!(
+            handle.close_frame(),
+            Some((close_code::POLICY, "slow consumer: send queue full"))
+        );
+        assert!(!handle.push(text("4")), "nothing is queued once closing");
+        // What was queued before can still go out, then the writer ends.
+        assert_eq!(as_text(frames.try_recv().unwrap()), "1");
+    }
+
+    #[test]
+    fn the_first_close_wins() {
+        let registry = Registry::new(10, 2);
+        let (handle, _frames) = registry.register(facts("a")).unwrap();
+        handle.close(close_code::TOO_BIG, "big");
+        handle.close(close_code::NORMAL, "");
+        assert_eq!(handle.close_frame(), Some((close_code::TOO_BIG, "big")));
+    }
+
+    #[test]
+    fn frames_pushed_after_the_writer_is_gone_are_dropped_and_freed() {
+        let registry = Registry::new(10, 8);
+        let (handle, frames) = registry.register(facts("a")).unwrap();
+        assert!(handle.push(text("kept until the writer goes")));
+        drop(frames);
+        assert!(!handle.push(text("dropped")));
+        assert!(handle.queue.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_the_reader() {
+        let registry = Registry::new(10, 8);
+        let (handle, _frames) = registry.register(facts("a")).unwrap();
+        let waiting = handle.clone();
+        let reader = tokio::spawn(async move { waiting.closed_for_reader().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!reader.is_finished());
+        handle.close(close_code::GOING_AWAY, "bye");
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
+    #[test]
+    fn the_registry_refuses_connections_past_its_limit() {
+        let registry = Registry::new(1, 8);
+        let _a = registry.register(facts("a")).unwrap();
+        assert!(registry.register(facts("b")).is_err());
+        registry.remove(&ConnectionId::new("a"));
+        assert!(registry.register(facts("b")).is_ok());
+    }
+
+    #[test]
+    fn the_outbox_posts_to_live_connections_and_reports_the_gone() {
+        let registry = Arc::new(Registry::new(10, 8));
+        let (_a, mut a_frames) = registry.register(facts("a")).unwrap();
+        let outbox = Outbox::new(registry.clone());
+        let hello = Utf8Bytes::from_static("hello");
+        assert_eq!(
+            outbox.post(&ConnectionId::new("a"), hello.clone()),
+            Posted::Queued
+        );
+        assert_eq!(
+            outbox.post(&ConnectionId::new("z"), hello.clone()),
+            Posted::Gone
+        );
+        let gone = outbox.post_many(&[ConnectionId::new("a"), ConnectionId::new("z")], &hello);
+        assert_eq!(gone, [ConnectionId::new("z")]);
+        assert_eq!(as_text(a_frames.try_recv().unwrap()), "hello");
+        assert_eq!(as_text(a_frames.try_recv().unwrap()), "hello");
+        assert!(a_frames.try_recv().is_none());
     }
 }

@@ -13,8 +13,8 @@ use chat_core::protocol::Inbound;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::AppState;
 use super::registry::{ConnectionHandle, Frames, Outbound, close_code};
+use super::{AppState, Closed};
 
 /// Frames the writer sends before it flushes; batching writes saves syscalls under load.
 const WRITE_BATCH: usize = 64;
@@ -41,7 +41,12 @@ where
     handle.close(close_code::NORMAL, "");
     // `$disconnect` before leaving the registry: until then, frames for this connection are
     // dropped quietly rather than reported gone, so that its rooms hear its `leave`.
-    state.backend.disconnect(&handle.id).await;
+    let (status_code, reason) = handle.close_frame().unwrap_or((1006, "connection lost"));
+    let closed = Closed {
+        status_code,
+        reason: reason.into(),
+    };
+    state.backend.disconnect(&handle.facts, &closed).await;
     state.registry.remove(&handle.id);
     let _ = writer.await;
     tracing::debug!(connection = %handle.id, "connection closed");
@@ -54,7 +59,7 @@ where
     let settings = &state.settings;
     // Created once and polled again on each frame: a timer or a cancellation future made per
     // frame costs a registration and a removal each time.
-    let closing = handle.closing().cancelled();
+    let closing = handle.closed_for_reader();
     let shutdown = state.shutdown.cancelled();
     let lifetime = sleep_until(Instant::now() + settings.max_lifetime);
     // The idle deadline moves with every frame; the timer is only reset when it fires early.
@@ -100,7 +105,7 @@ where
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return,
         };
-        if let Some(reply) = state.backend.message(&handle.id, inbound).await {
+        if let Some(reply) = state.backend.message(&handle.facts, inbound).await {
             match axum::extract::ws::Utf8Bytes::try_from(reply.bytes().clone()) {
                 Ok(text) => {
                     handle.push(Outbound::Text(text));
@@ -196,5 +201,191 @@ fn to_message(frame: Outbound) -> Message {
     match frame {
         Outbound::Text(text) => Message::Text(text),
         Outbound::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+/// The socket logic over channels, as axum's testing-websockets example does: no TCP, no
+/// handshake, a fake back end.
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    use async_trait::async_trait;
+    use chat_core::clock::now_ms;
+    use chat_core::domain::ConnectionId;
+    use chat_core::protocol::Payload;
+    use serde_json::{Map, Value};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::gateway::admission::Admission;
+    use crate::gateway::registry::Registry;
+    use crate::gateway::{Backend, Connection, Handshake, Refusal};
+
+    /// A socket whose far end is two channels.
+    struct ChannelSocket {
+        from_client: mpsc::UnboundedReceiver<Message>,
+        to_client: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for ChannelSocket {
+        type Item = Result<Message, AxumError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for ChannelSocket {
+        type Error = AxumError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), AxumError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), AxumError> {
+            self.to_client.send(item).map_err(AxumError::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), AxumError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), AxumError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Answers every text frame with `echo:` and the text; records `$disconnect`s.
+    #[derive(Default)]
+    struct Echo {
+        disconnects: Mutex<Vec<(ConnectionId, Closed)>>,
+    }
+
+    #[async_trait]
+    impl Backend for Echo {
+        async fn authorize(
+            &self,
+            _: &Connection,
+            _: &Handshake,
+        ) -> Result<Option<Map<String, Value>>, Refusal> {
+            Ok(None)
+        }
+        async fn connect(&self, _: &Connection, _: &Handshake) -> Result<(), Refusal> {
+            Ok(())
+        }
+        async fn message(&self, _: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
+            match inbound {
+                Inbound::Text(text) => Some(Payload::from_json(format!("echo:{text}"))),
+                Inbound::Binary => None,
+            }
+        }
+        async fn disconnect(&self, connection: &Connection, closed: &Closed) {
+            self.disconnects
+                .lock()
+                .unwrap()
+                .push((connection.id.clone(), closed.clone()));
+        }
+        async fn shutdown(&self) {}
+    }
+
+    struct Harness {
+        backend: Arc<Echo>,
+        handle: Arc<ConnectionHandle>,
+        client_out: mpsc::UnboundedSender<Message>,
+        client_in: mpsc::UnboundedReceiver<Message>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start() -> Harness {
+        let dir = std::env::temp_dir();
+        let settings = Settings::for_tests(dir);
+        let backend = Arc::new(Echo::default());
+        let registry = Arc::new(Registry::new(10, 16));
+        let state = AppState {
+            backend: backend.clone(),
+            registry: registry.clone(),
+            admission: Arc::new(Admission::new(settings.ip_connect_rate())),
+            settings: Arc::new(settings),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        };
+        let facts = Connection {
+            id: ConnectionId::random(),
+            connected_at_ms: now_ms(),
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: None,
+            authorizer: None,
+        };
+        let (handle, queue) = registry.register(facts).unwrap();
+        let (client_out, from_client) = mpsc::unbounded_channel();
+        let (to_client, client_in) = mpsc::unbounded_channel();
+        let socket = ChannelSocket {
+            from_client,
+            to_client,
+        };
+        let task = tokio::spawn(run(socket, state, handle.clone(), queue));
+        Harness {
+            backend,
+            handle,
+            client_out,
+            client_in,
+            task,
+        }
+    }
+
+    async fn next(h: &mut Harness) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), h.client_in.recv())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+    }
+
+    #[tokio::test]
+    async fn each_frame_reaches_the_backend_and_its_reply_comes_back_in_order() {
+        let mut h = start();
+        for text in ["a", "b", "c"] {
+            h.client_out.send(Message::Text(text.into())).unwrap();
+        }
+        for text in ["a", "b", "c"] {
+            assert_eq!(
+                next(&mut h).await,
+                Message::Text(format!("echo:{text}").into())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clients_close_ends_the_connection_and_runs_disconnect() {
+        let mut h = start();
+        h.client_out.send(Message::Close(None)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), &mut h.task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let disconnects = h.backend.disconnects.lock().unwrap();
+        assert_eq!(disconnects.len(), 1);
+        assert_eq!(disconnects[0].0, h.handle.id);
+    }
+
+    #[tokio::test]
+    async fn a_close_from_outside_sends_its_close_frame_and_ends_the_connection() {
+        let mut h = start();
+        h.handle
+            .close(close_code::POLICY, "slow consumer: send queue full");
+        match next(&mut h).await {
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, close_code::POLICY);
+                assert_eq!(frame.reason, "slow consumer: send queue full");
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        tokio::time::timeout(Duration::from_secs(5), &mut h.task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let disconnects = h.backend.disconnects.lock().unwrap();
+        assert_eq!(disconnects[0].1.status_code, close_code::POLICY);
     }
 }

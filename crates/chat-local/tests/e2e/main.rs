@@ -7,4 +7,5 @@ mod bad_input;
 mod binary;
 mod gateway;
 mod lambda_binary;
+mod notifiers;
 mod support;

@@ -44,14 +44,16 @@ impl TestServer {
     /// Starts on exactly these settings (a restart reuses the address and data directory), with
     /// the back end `CHAT_TEST_BACKEND` names.
     pub async fn start_on(mut settings: Settings) -> Self {
-        let server = if lambda_backend() {
+        if lambda_backend() {
             use_lambda(&mut settings);
-            let sdk = chat_aws::testing::sdk_config().await;
-            chat_local::lambda_mode::serve(settings.clone(), sdk, CancellationToken::new()).await
-        } else {
-            chat_local::serve(settings.clone(), CancellationToken::new()).await
+            settings.aws = Some(chat_aws::testing::sdk_config().await);
         }
-        .expect("server starts");
+        let listener = tokio::net::TcpListener::bind(settings.addr)
+            .await
+            .expect("the test server's address is free");
+        let server = chat_local::run(listener, settings.clone(), CancellationToken::new())
+            .await
+            .expect("server starts");
         Self {
             addr: server.local_addr,
             server: Some(server),
@@ -73,7 +75,7 @@ impl TestServer {
     }
 
     pub fn connection_ids(&self) -> Vec<chat_core::domain::ConnectionId> {
-        self.server.as_ref().expect("running").registry.ids()
+        self.server.as_ref().expect("running").connection_ids()
     }
 
     /// A client connected with this display name (and so a member of `lobby`).
@@ -146,6 +148,11 @@ impl Client {
             }
             Err(e) => panic!("handshake failed without a status: {e}"),
         }
+    }
+
+    /// Closes the connection from the client's side (a close frame).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 
     pub async fn send(&mut self, frame: Value) {

@@ -1,0 +1,391 @@
+//! The events API Gateway sends a WebSocket API's integrations, in their exact JSON shapes:
+//! `$connect` (and the REQUEST authorizer's event before it), each message, `$disconnect`.
+//!
+//! AWS's reference for the shapes is its published sample events, which the `aws_lambda_events`
+//! crate ships in `src/fixtures/` (`example-apigw-websocket-request*.json`,
+//! `example-apigw-v2-custom-authorizer-websocket-request.json`); the tests below compare what is
+//! built here with them, field by field and type by type.
+
+use std::time::Duration;
+
+use chat_core::clock::now_ms;
+use chat_core::domain::ConnectionId;
+use chat_core::protocol::{Inbound, route_key};
+use serde_json::{Map, Value, json};
+
+use crate::gateway::{Closed, Connection, Handshake};
+
+/// The API id the local events carry.
+pub const API_ID: &str = "local";
+
+/// The API whose events these are: where its `@connections` answers (`domainName`, `stage`).
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `127.0.0.1:PORT`: the gateway's own address, so that the handlers post back to it.
+    pub domain: String,
+    pub stage: String,
+}
+
+impl Api {
+    /// The `requestContext` API Gateway sends with every event.
+    fn request_context(
+        &self,
+        route: &str,
+        event_type: &str,
+        connection: &Connection,
+    ) -> Map<String, Value> {
+        let now = now_ms();
+        let request_id = ConnectionId::random().to_string();
+        let mut identity = json!({ "sourceIp": connection.source_ip.to_string() });
+        if let Some(user_agent) = &connection.user_agent {
+            identity["userAgent"] = json!(user_agent);
+        }
+        let context = json!({
+            "routeKey": route,
+            "eventType": event_type,
+            "extendedRequestId": request_id,
+            "requestTime": request_time(now),
+            "messageDirection": "IN",
+            "stage": self.stage,
+            "connectedAt": connection.connected_at_ms,
+            "requestTimeEpoch": now,
+            "identity": identity,
+            "requestId": request_id,
+            "domainName": self.domain,
+            "connectionId": connection.id.as_str(),
+            "apiId": API_ID,
+        });
+        let Value::Object(mut map) = context else {
+            unreachable!("a JSON object literal")
+        };
+        if let Some(authorizer) = &connection.authorizer {
+            map.insert("authorizer".into(), Value::Object(authorizer.clone()));
+        }
+        map
+    }
+
+    /// `$connect`: the handshake's headers and query string.
+    pub fn connect(&self, connection: &Connection, handshake: &Handshake) -> Value {
+        let mut headers = Map::new();
+        headers.insert("Host".into(), json!(self.domain));
+        headers.insert("Sec-WebSocket-Version".into(), json!("13"));
+        if let Some(user_agent) = &connection.user_agent {
+            headers.insert("User-Agent".into(), json!(user_agent));
+        }
+        headers.insert(
+            "X-Forwarded-For".into(),
+            json!(connection.source_ip.to_string()),
+        );
+        headers.insert(
+            "X-Forwarded-Port".into(),
+            json!(self.domain.rsplit(':').next().unwrap_or_default()),
+        );
+        headers.insert("X-Forwarded-Proto".into(), json!("http"));
+        let multi_value_headers: Map<String, Value> = headers
+            .iter()
+            .map(|(name, value)| (name.clone(), json!([value])))
+            .collect();
+        let mut event = json!({
+            "headers": headers,
+            "multiValueHeaders": multi_value_headers,
+            "requestContext": self.request_context("$connect", "CONNECT", connection),
+            "isBase64Encoded": false,
+        });
+        // As API Gateway: every value in the multi-value map, the last in the other; neither
+        // when there is no query string.
+        if !handshake.query.is_empty() {
+            let mut single = Map::new();
+            let mut multi: Map<String, Value> = Map::new();
+            for (name, value) in &handshake.query {
+                single.insert(name.clone(), json!(value));
+                let values = multi.entry(name.clone()).or_insert_with(|| json!([]));
+                if let Value::Array(values) = values {
+                    values.push(json!(value));
+                }
+            }
+            event["queryStringParameters"] = Value::Object(single);
+            event["multiValueQueryStringParameters"] = Value::Object(multi);
+        }
+        event
+    }
+
+    /// The event API Gateway gives a REQUEST authorizer on `$connect`: the handshake's headers,
+    /// query string and request context, and the route's ARN.
+    pub fn authorizer(&self, connect_event: &Value) -> Value {
+        let mut event = connect_event.clone();
+        event["type"] = json!("REQUEST");
+        event["methodArn"] = json!(self.method_arn("$connect"));
+        event["stageVariables"] = json!({});
+        if let Some(fields) = event.as_object_mut() {
+            fields.remove("isBase64Encoded");
+        }
+        event
+    }
+
+    /// The ARN of one of this API's routes, as an authorizer's policy names it.
+    pub fn method_arn(&self, route: &str) -> String {
+        format!(
+            "arn:aws:execute-api:us-east-1:000000000000:{API_ID}/{}/{route}",
+            self.stage
+        )
+    }
+
+    /// A frame from the client, routed as API Gateway's route selection on
+    /// `$request.body.action` does: the action when the body is a JSON object whose `action`
+    /// names a route, else `$default`.
+    pub fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Value {
+        let (route, body, base64) = match inbound {
+            Inbound::Text(text) => {
+                let route = serde_json::from_str::<Map<String, Value>>(text)
+                    .ok()
+                    .and_then(|fields| route_key(&fields))
+                    .map_or("$default", |action| action.as_str());
+                (route, text, false)
+            }
+            // The gateway keeps no bytes of a binary frame (the protocol refuses them); API
+            // Gateway would send them base64-encoded.
+            Inbound::Binary => ("$default", "", true),
+        };
+        let mut context = self.request_context(route, "MESSAGE", connection);
+        context.insert("messageId".into(), json!(ConnectionId::random().as_str()));
+        json!({
+            "requestContext": context,
+            "body": body,
+            "isBase64Encoded": base64,
+        })
+    }
+
+    /// `$disconnect`, with how the connection ended.
+    pub fn disconnect(&self, connection: &Connection, closed: &Closed) -> Value {
+        let mut context = self.request_context("$disconnect", "DISCONNECT", connection);
+        context.insert("disconnectStatusCode".into(), json!(closed.status_code));
+        context.insert("disconnectReason".into(), json!(closed.reason));
+        json!({
+            "headers": { "Host": self.domain, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": "" },
+            "multiValueHeaders": {
+                "Host": [self.domain], "x-api-key": [""], "X-Forwarded-For": [""], "x-restapi": [""],
+            },
+            "requestContext": context,
+            "isBase64Encoded": false,
+        })
+    }
+}
+
+/// API Gateway's `requestTime`: `28/Nov/2026:09:20:57 +0000`.
+fn request_time(ms: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    // `2026-11-28T09:20:57Z`
+    let iso = humantime::format_rfc3339_seconds(time).to_string();
+    let month = iso
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+        .unwrap_or(&"Jan");
+    format!(
+        "{}/{month}/{}:{} +0000",
+        iso.get(8..10).unwrap_or("01"),
+        iso.get(0..4).unwrap_or("1970"),
+        iso.get(11..19).unwrap_or("00:00:00"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn request_time_is_written_like_api_gateways() {
+        // 2026-11-28T09:20:57.123Z
+        assert_eq!(
+            request_time(1_795_857_657_123),
+            "28/Nov/2026:09:20:57 +0000"
+        );
+    }
+
+    fn api() -> Api {
+        Api {
+            domain: "127.0.0.1:8080".into(),
+            stage: "dev".into(),
+        }
+    }
+
+    fn connection() -> Connection {
+        Connection {
+            id: ConnectionId::random(),
+            connected_at_ms: now_ms(),
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: Some("test-agent/1".into()),
+            authorizer: None,
+        }
+    }
+
+    /// The `aws_lambda_events` crate's published sample events (AWS's own), found through
+    /// `cargo metadata` as the crate's manifest directory.
+    fn aws_fixture(name: &str) -> Value {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--offline"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        let metadata: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+        let manifest = metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "aws_lambda_events")
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("aws_lambda_events is a dependency");
+        let path = PathBuf::from(manifest)
+            .parent()
+            .unwrap()
+            .join("src/fixtures")
+            .join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+
+    /// Every field of AWS's sample at `path` that `ours` has must have the same JSON type, and
+    /// every field of AWS's in `required` must be in ours. Returns the fields compared.
+    fn same_shape(aws: &Value, ours: &Value, path: &str, compared: &mut Vec<String>) {
+        assert_eq!(kind(aws), kind(ours), "{path}: AWS {aws} vs ours {ours}");
+        if let (Value::Object(aws), Value::Object(ours)) = (aws, ours) {
+            for (key, theirs) in aws {
+                if let Some(mine) = ours.get(key) {
+                    compared.push(format!("{path}.{key}"));
+                    // Header and parameter maps hold the client's own names: compare the map.
+                    if matches!(
+                        key.as_str(),
+                        "headers"
+                            | "multiValueHeaders"
+                            | "queryStringParameters"
+                            | "multiValueQueryStringParameters"
+                            | "authorizer"
+                            | "stageVariables"
+                    ) {
+                        assert_eq!(kind(theirs), kind(mine), "{path}.{key}");
+                        continue;
+                    }
+                    same_shape(theirs, mine, &format!("{path}.{key}"), compared);
+                }
+            }
+        }
+    }
+
+    fn assert_has(ours: &Value, fields: &[&str], what: &str) {
+        for field in fields {
+            let mut value = ours;
+            for part in field.split('.') {
+                value = &value[part];
+            }
+            assert!(!value.is_null(), "{what} lacks {field}");
+        }
+    }
+
+    const CONTEXT_FIELDS: [&str; 13] = [
+        "requestContext.routeKey",
+        "requestContext.eventType",
+        "requestContext.extendedRequestId",
+        "requestContext.requestTime",
+        "requestContext.messageDirection",
+        "requestContext.stage",
+        "requestContext.connectedAt",
+        "requestContext.requestTimeEpoch",
+        "requestContext.identity.sourceIp",
+        "requestContext.requestId",
+        "requestContext.domainName",
+        "requestContext.connectionId",
+        "requestContext.apiId",
+    ];
+
+    #[test]
+    fn the_connect_event_has_the_fields_and_types_of_aws_sample() {
+        let handshake = Handshake {
+            query: vec![("name".into(), "ada".into()), ("name".into(), "bob".into())],
+            headers: Vec::new(),
+        };
+        let ours = api().connect(&connection(), &handshake);
+        let aws = aws_fixture("example-apigw-websocket-request.json");
+        let mut compared = Vec::new();
+        same_shape(&aws, &ours, "", &mut compared);
+        assert!(compared.len() > 15, "{compared:?}");
+        assert_has(&ours, &CONTEXT_FIELDS, "$connect");
+        assert_has(&ours, &["headers.Host", "isBase64Encoded"], "$connect");
+        assert_eq!(ours["requestContext"]["eventType"], "CONNECT");
+        assert_eq!(ours["queryStringParameters"]["name"], "bob", "the last");
+        assert_eq!(
+            ours["multiValueQueryStringParameters"]["name"],
+            json!(["ada", "bob"])
+        );
+    }
+
+    #[test]
+    fn the_message_event_has_the_fields_and_types_of_aws_sample() {
+        let ours = api().message(&connection(), Inbound::Text(r#"{"action":"ping"}"#));
+        let aws = aws_fixture("example-apigw-websocket-request-without-method.json");
+        let mut compared = Vec::new();
+        same_shape(&aws, &ours, "", &mut compared);
+        assert!(compared.len() > 10, "{compared:?}");
+        assert_has(&ours, &CONTEXT_FIELDS, "a message");
+        assert_has(&ours, &["requestContext.messageId", "body"], "a message");
+        assert_eq!(ours["requestContext"]["routeKey"], "ping");
+        let default = api().message(&connection(), Inbound::Text(r#"{"action":"fly"}"#));
+        assert_eq!(default["requestContext"]["routeKey"], "$default");
+    }
+
+    #[test]
+    fn the_disconnect_event_has_the_fields_and_types_of_aws_sample() {
+        let closed = Closed {
+            status_code: 1001,
+            reason: "going away".into(),
+        };
+        let ours = api().disconnect(&connection(), &closed);
+        let aws = aws_fixture("example-apigw-websocket-request-disconnect-route.json");
+        let mut compared = Vec::new();
+        same_shape(&aws, &ours, "", &mut compared);
+        assert!(compared.len() > 10, "{compared:?}");
+        assert_has(&ours, &CONTEXT_FIELDS, "$disconnect");
+        assert_eq!(ours["requestContext"]["disconnectStatusCode"], 1001);
+        assert_eq!(ours["requestContext"]["disconnectReason"], "going away");
+    }
+
+    #[test]
+    fn the_authorizer_event_has_the_fields_and_types_of_aws_sample() {
+        let handshake = Handshake {
+            query: vec![("token".into(), "t".into())],
+            headers: Vec::new(),
+        };
+        let connect = api().connect(&connection(), &handshake);
+        let ours = api().authorizer(&connect);
+        let aws = aws_fixture("example-apigw-v2-custom-authorizer-websocket-request.json");
+        let mut compared = Vec::new();
+        same_shape(&aws, &ours, "", &mut compared);
+        assert!(compared.len() > 10, "{compared:?}");
+        assert_eq!(ours["type"], "REQUEST");
+        assert_eq!(ours["queryStringParameters"]["token"], "t");
+        assert!(
+            ours["methodArn"]
+                .as_str()
+                .unwrap()
+                .ends_with("/dev/$connect")
+        );
+    }
+}

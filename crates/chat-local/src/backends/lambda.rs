@@ -1,0 +1,311 @@
+//! The Lambda mode (`chat serve --backend lambda`): the whole AWS code path on one machine.
+//!
+//! The gateway plays API Gateway; [`LambdaBackend`] plays its Lambda integration. For each
+//! `$connect`, frame and `$disconnect` it builds the event API Gateway would send, in its exact
+//! JSON shape (`requestContext` with `routeKey` chosen like API Gateway's route selection on
+//! `$request.body.action`, `eventType`, `connectionId`, `connectedAt`, `requestTimeEpoch`,
+//! `domainName` and `stage`, `identity`, headers and query parameters), and calls the handlers of
+//! `chat-lambda` with it, in process and unchanged: DynamoDB stores at the SDK's endpoint
+//! (`AWS_ENDPOINT_URL_DYNAMODB`), and the management notifier posting to
+//! `http://{domainName}/{stage}`, which is this gateway's own `@connections` API (the events name
+//! its loopback address; the handlers use `http` here where AWS needs `https`).
+//!
+//! With authentication configured, the `$connect` REQUEST authorizer of `chat-lambda` runs first,
+//! on the event API Gateway would give it: `Unauthorized` is a 401, a policy that does not allow
+//! the route a 403, and an allowed connection's context (with `principalId`) goes into
+//! `requestContext.authorizer` of every event of that connection, as on AWS.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::iam::IamPolicyEffect;
+use chat_aws::{ManagementNotifier, Tables, create_tables};
+use chat_core::protocol::{Inbound, Payload};
+use chat_lambda::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse,
+    ApiGatewayWebsocketProxyRequest, Authorizer, Config, Denied, Handlers, ManagementEndpoint,
+};
+use serde_json::{Map, Value, json};
+
+use super::events::Api;
+use crate::config::Settings;
+use crate::gateway::{Backend, Closed, Connection, Handshake, Refusal};
+
+/// The SDK's configuration from the environment (as on Lambda), with `us-east-1` when no region
+/// is set: a local DynamoDB does not care, and the SDK refuses to sign without one.
+pub async fn sdk_config_from_env() -> SdkConfig {
+    let region = RegionProviderChain::default_provider().or_else("us-east-1");
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await
+}
+
+/// The Lambda handlers behind the local gateway.
+pub struct LambdaBackend {
+    handlers: Handlers,
+    /// The `$connect` authorizer, when authentication is on.
+    authorizer: Option<Authorizer>,
+    /// The API the events name: this gateway, so that the handlers post back to it.
+    api: Api,
+}
+
+impl LambdaBackend {
+    /// Checks (or creates) the tables, and builds the handlers for a gateway listening on
+    /// `addr`.
+    pub async fn open(
+        settings: &Settings,
+        sdk: &SdkConfig,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let authorizer = settings.auth.verifier()?.map(Authorizer::with_verifier);
+        let tables = Tables::new(&settings.websocket_table, &settings.messages_table);
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        if settings.create_tables {
+            create_tables(&dynamodb, &tables).await?;
+        } else {
+            for table in [&tables.connections, &tables.messages] {
+                dynamodb
+                    .describe_table()
+                    .table_name(table)
+                    .send()
+                    .await
+                    .map_err(aws_sdk_dynamodb::Error::from)
+                    .with_context(|| {
+                        format!(
+                            "cannot use table {table} (to create the tables, pass --create-tables)"
+                        )
+                    })?;
+            }
+        }
+        let config = Config {
+            tables,
+            management_endpoint: ManagementEndpoint::FromEvent {
+                scheme: "http".into(),
+            },
+            chat: settings.chat_config(),
+            // The gateway closes connections at the end of their lifetime, as API Gateway does.
+            connection_ttl: settings.max_lifetime + Duration::from_secs(600),
+            fanout_concurrency: ManagementNotifier::DEFAULT_CONCURRENCY,
+        };
+        tracing::info!(
+            connections = %config.tables.connections,
+            messages = %config.tables.messages,
+            "Lambda mode: the Lambda handlers on DynamoDB"
+        );
+        Ok(Self {
+            handlers: Handlers::on_aws(sdk, &config),
+            authorizer,
+            api: Api {
+                domain: loopback(addr).to_string(),
+                stage: settings.stage.clone(),
+            },
+        })
+    }
+
+    /// Runs the authorizer as API Gateway would: the context for `requestContext.authorizer`,
+    /// or the handshake's refusal.
+    async fn run_authorizer(
+        &self,
+        authorizer: &Authorizer,
+        connect_event: &Value,
+    ) -> Result<Map<String, Value>, Refusal> {
+        let refusal = Refusal::new;
+        let event: ApiGatewayCustomAuthorizerRequestTypeRequest =
+            serde_json::from_value(self.api.authorizer(connect_event))
+                .map_err(|_| refusal(500, "Internal server error"))?;
+        let started = std::time::Instant::now();
+        let response = match authorizer.authorize(&event).await {
+            Ok(response) => response,
+            Err(Denied::Unauthorized(_)) => return Err(refusal(401, "Unauthorized")),
+            Err(Denied::KeysUnavailable(_)) => return Err(refusal(500, "Internal server error")),
+        };
+        let method_arn = event.method_arn.unwrap_or_default();
+        let allowed = response.policy_document.statement.iter().any(|statement| {
+            statement.effect == IamPolicyEffect::Allow && statement.resource.contains(&method_arn)
+        });
+        if !allowed {
+            return Err(refusal(403, "Forbidden"));
+        }
+        let mut context = match response.context {
+            Value::Object(context) => context,
+            _ => Map::new(),
+        };
+        context.insert("principalId".into(), json!(response.principal_id));
+        context.insert(
+            "integrationLatency".into(),
+            json!(started.elapsed().as_millis() as u64),
+        );
+        Ok(context)
+    }
+}
+
+/// Where the gateway answers management calls: loopback, whatever address it listens on.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// Reads the event as the Lambda runtime would (it must deserialize exactly as on AWS).
+fn to_request(event: Value) -> Option<ApiGatewayWebsocketProxyRequest> {
+    serde_json::from_value(event)
+        .map_err(|e| tracing::error!(error = %e, "an event that the handlers cannot read"))
+        .ok()
+}
+
+fn body_text(response: &ApiGatewayProxyResponse) -> Option<String> {
+    match &response.body {
+        Some(Body::Text(text)) => Some(text.clone()),
+        Some(Body::Binary(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Backend for LambdaBackend {
+    async fn authorize(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Option<Map<String, Value>>, Refusal> {
+        let Some(authorizer) = &self.authorizer else {
+            return Ok(None);
+        };
+        let event = self.api.connect(connection, handshake);
+        self.run_authorizer(authorizer, &event).await.map(Some)
+    }
+
+    async fn connect(&self, connection: &Connection, handshake: &Handshake) -> Result<(), Refusal> {
+        let Some(event) = to_request(self.api.connect(connection, handshake)) else {
+            return Err(Refusal::new(500, "Internal server error"));
+        };
+        let response = self.handlers.connect(event).await;
+        if (200..300).contains(&response.status_code) {
+            return Ok(());
+        }
+        // API Gateway answers the handshake with the function's status.
+        let message = body_text(&response)
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|body| body.get("message")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "Forbidden".into());
+        Err(Refusal::new(
+            u16::try_from(response.status_code).unwrap_or(500),
+            message,
+        ))
+    }
+
+    async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
+        let event = to_request(self.api.message(connection, inbound))?;
+        let response = self.handlers.message(event).await;
+        // The route response sends the body back to the sender, whatever the status.
+        body_text(&response).map(Payload::from_json)
+    }
+
+    async fn disconnect(&self, connection: &Connection, closed: &Closed) {
+        if let Some(event) = to_request(self.api.disconnect(connection, closed)) {
+            self.handlers.disconnect(event).await;
+        }
+    }
+
+    async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chat_core::clock::now_ms;
+    use chat_core::domain::ConnectionId;
+
+    use super::*;
+
+    /// The authorizer refuses a bad token and allows a good one; its context goes into every
+    /// event of that connection, as on AWS.
+    #[tokio::test]
+    async fn the_authorizer_context_goes_into_every_event_of_the_connection() {
+        use chat_core::memory::{MemoryConnections, MemoryMessages, RecordingNotifier};
+        use chat_lambda::FixedNotifier;
+
+        let secret = b"a secret for the lambda mode test";
+        let backend = LambdaBackend {
+            handlers: Handlers::new(
+                Arc::new(MemoryConnections::new()),
+                Arc::new(MemoryMessages::new()),
+                Arc::new(FixedNotifier(Arc::new(RecordingNotifier::default()))),
+                chat_core::ChatConfig::default(),
+            ),
+            authorizer: Some(Authorizer::with_verifier(chat_auth::Verifier::hs256(
+                secret,
+            ))),
+            api: Api {
+                domain: "127.0.0.1:9".into(),
+                stage: "dev".into(),
+            },
+        };
+        let claims = chat_auth::MintClaims {
+            sub: "u-1".into(),
+            name: Some("Ada".into()),
+            exp: chat_auth::now_secs() + 600,
+            iat: chat_auth::now_secs(),
+            iss: None,
+            aud: None,
+        };
+        let token = chat_auth::mint_hs256(secret, &claims).unwrap();
+        let handshake = |token: &str| Handshake {
+            query: vec![("token".into(), token.into())],
+            headers: Vec::new(),
+        };
+        let mut ada = Connection {
+            id: ConnectionId::random(),
+            connected_at_ms: now_ms(),
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: None,
+            authorizer: None,
+        };
+        let refused = backend
+            .authorize(&ada, &handshake("forged"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, 401);
+
+        let context = backend
+            .authorize(&ada, &handshake(&token))
+            .await
+            .unwrap()
+            .expect("a context");
+        assert_eq!(context["userId"], "u-1");
+        assert_eq!(context["name"], "Ada");
+        assert_eq!(context["principalId"], "u-1");
+        ada.authorizer = Some(context);
+        backend.connect(&ada, &handshake(&token)).await.unwrap();
+        let event = backend
+            .api
+            .message(&ada, Inbound::Text(r#"{"action":"ping"}"#));
+        assert_eq!(event["requestContext"]["authorizer"]["userId"], "u-1");
+        assert!(to_request(event).is_some(), "the handlers can read it");
+        let closed = Closed {
+            status_code: 1000,
+            reason: String::new(),
+        };
+        assert_eq!(
+            backend.api.disconnect(&ada, &closed)["requestContext"]["authorizer"]["userId"],
+            "u-1"
+        );
+    }
+
+    #[test]
+    fn management_calls_go_to_loopback() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(loopback(any).to_string(), "127.0.0.1:8080");
+        let any6: SocketAddr = "[::]:8080".parse().unwrap();
+        assert_eq!(loopback(any6).to_string(), "[::1]:8080");
+    }
+}

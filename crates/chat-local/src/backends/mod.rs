@@ -1,0 +1,11 @@
+//! The integrations behind the gateway, each a [`Backend`](crate::gateway::Backend):
+//!
+//! - [`embedded`]: the chat core in process, with SQLite for messages, memory for connections,
+//!   and delivery through the gateway's [`Outbox`](crate::gateway::Outbox).
+//! - [`lambda`]: the Lambda handlers of `chat-lambda`, unchanged, fed the events API Gateway
+//!   would send, on DynamoDB, posting to the gateway's own `@connections` over HTTP.
+//! - [`events`]: those events, in API Gateway's exact JSON shapes.
+
+pub mod embedded;
+pub mod events;
+pub mod lambda;
