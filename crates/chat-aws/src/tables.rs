@@ -36,20 +36,6 @@ impl Tables {
             messages: messages.into(),
         }
     }
-
-    /// `WEBSOCKET_TABLE` and `MESSAGES_TABLE`, with their defaults.
-    pub fn from_env() -> Self {
-        let var = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.to_owned())
-        };
-        Self::new(
-            var("WEBSOCKET_TABLE", Self::DEFAULT_CONNECTIONS),
-            var("MESSAGES_TABLE", Self::DEFAULT_MESSAGES),
-        )
-    }
 }
 
 impl Default for Tables {

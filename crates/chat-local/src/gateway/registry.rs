@@ -24,6 +24,7 @@ use super::backend::Connection;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
@@ -251,14 +252,6 @@ impl Registry {
 
     pub fn ids(&self) -> Vec<ConnectionId> {
         self.lock().keys().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Closes every connection (shutdown).

@@ -100,7 +100,17 @@ where
         handle.touch();
         let inbound = match &message {
             Message::Text(text) => Inbound::Text(text.as_str()),
-            Message::Binary(_) => Inbound::Binary,
+            // "API Gateway WebSocket APIs don't currently support binary frames in incoming
+            // message payloads. If a client app sends a binary frame, API Gateway rejects it and
+            // disconnects the client with code 1003." (API Gateway developer guide, "Binary media
+            // types for WebSocket APIs in API Gateway".) The integration never sees it.
+            Message::Binary(_) => {
+                handle.close(
+                    close_code::UNSUPPORTED_DATA,
+                    "binary frames are not supported",
+                );
+                return;
+            }
             // tungstenite answers pings itself; a ping or pong only keeps the connection alive.
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return,

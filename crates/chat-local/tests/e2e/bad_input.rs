@@ -123,15 +123,21 @@ async fn null_fields_are_absent_and_unknown_fields_are_ignored() {
     assert!(ack.get("clientMsgId").is_none());
 }
 
+/// PROTOCOL.md: "a binary frame, which closes it with 1003, as API Gateway does".
 #[tokio::test]
-async fn a_binary_frame_is_a_bad_request_and_the_connection_goes_on() {
+async fn a_binary_frame_closes_the_connection_with_1003_and_loses_nothing_acknowledged() {
     let server = TestServer::start().await;
     let mut ada = server.client("ada").await;
+    let ack = ada.say("lobby", "before the binary frame").await;
     ada.send_raw(Message::binary(b"{\"action\":\"ping\"}".to_vec()))
         .await;
-    let reply = ada.recv().await;
-    assert_eq!(reply["code"], "bad_request");
-    assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
+    let close = ada.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1003);
+    let mut bob = server.client("bob").await;
+    let history = bob
+        .request(json!({"action":"history","room":"lobby"}))
+        .await;
+    assert_eq!(history["messages"][0]["id"], ack["id"]);
 }
 
 #[tokio::test]
