@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};
 use crate::db::{
-    Db, Item, MemberItem, expired, keys, n, now_ms, now_secs, room_key, s, sdk_error, serde_error,
+    Db, Item, MemberItem, expired, keys, n, now_secs, room_key, s, sdk_error, serde_error,
 };
 use crate::tables::{CONNECTION_KEY, Tables};
 
@@ -62,6 +62,7 @@ impl ConnectionItem {
         Ok(ConnectionRecord {
             id: id.clone(),
             member: self.member.clone(),
+            connected_at_ms: self.connected_at,
             rooms,
         })
     }
@@ -248,13 +249,18 @@ impl DynamoConnections {
 
 #[async_trait]
 impl ConnectionStore for DynamoConnections {
-    async fn insert(&self, id: &ConnectionId, member: &Member) -> StoreResult<()> {
+    async fn insert(
+        &self,
+        id: &ConnectionId,
+        member: &Member,
+        connected_at_ms: u64,
+    ) -> StoreResult<()> {
         let item = ConnectionItem {
             connection_id: id.as_str().to_owned(),
             member: member.clone(),
             rooms: BTreeMap::new(),
             ttl: now_secs() + self.ttl.as_secs(),
-            connected_at: now_ms(),
+            connected_at: connected_at_ms,
             allowance: None,
         };
         let out = self

@@ -27,6 +27,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct ConnectionEntry {
     member: Member,
+    connected_at_ms: u64,
     rooms: Vec<RoomName>,
     allowance: Option<TokenBucket>,
 }
@@ -62,11 +63,17 @@ impl MemoryConnections {
 
 #[async_trait]
 impl ConnectionStore for MemoryConnections {
-    async fn insert(&self, id: &ConnectionId, member: &Member) -> StoreResult<()> {
+    async fn insert(
+        &self,
+        id: &ConnectionId,
+        member: &Member,
+        connected_at_ms: u64,
+    ) -> StoreResult<()> {
         lock(&self.state).connections.insert(
             id.clone(),
             ConnectionEntry {
                 member: member.clone(),
+                connected_at_ms,
                 rooms: Vec::new(),
                 allowance: None,
             },
@@ -81,6 +88,7 @@ impl ConnectionStore for MemoryConnections {
             .map(|entry| ConnectionRecord {
                 id: id.clone(),
                 member: entry.member.clone(),
+                connected_at_ms: entry.connected_at_ms,
                 rooms: entry.rooms.clone(),
             }))
     }
@@ -101,6 +109,7 @@ impl ConnectionStore for MemoryConnections {
         Ok(Some(ConnectionRecord {
             id: id.clone(),
             member: entry.member,
+            connected_at_ms: entry.connected_at_ms,
             rooms: entry.rooms,
         }))
     }

@@ -33,6 +33,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct ConnectionRecord {
     pub id: ConnectionId,
     pub member: Member,
+    /// When the gateway accepted its handshake (API Gateway's `connectedAt`), ms since the epoch.
+    pub connected_at_ms: u64,
     /// The rooms it is a member of, in the order joined.
     pub rooms: Vec<RoomName>,
 }
@@ -57,8 +59,13 @@ pub enum JoinOutcome {
 /// Who is connected, and in which rooms.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
-    /// Stores a new connection, in no room yet.
-    async fn insert(&self, id: &ConnectionId, member: &Member) -> StoreResult<()>;
+    /// Stores a new connection, in no room yet; `connected_at_ms` is the gateway's `connectedAt`.
+    async fn insert(
+        &self,
+        id: &ConnectionId,
+        member: &Member,
+        connected_at_ms: u64,
+    ) -> StoreResult<()>;
 
     async fn get(&self, id: &ConnectionId) -> StoreResult<Option<ConnectionRecord>>;
 

@@ -33,6 +33,8 @@ pub struct ConnectRequest {
     pub user_id: Option<String>,
     /// The display name from a verified token (its `name` claim, else `sub`).
     pub token_name: Option<String>,
+    /// When the gateway accepted the handshake (API Gateway's `connectedAt`); now when `None`.
+    pub connected_at_ms: Option<u64>,
 }
 
 impl ConnectRequest {
@@ -44,7 +46,14 @@ impl ConnectRequest {
             name: name.map(str::to_owned),
             token_name: user.as_ref().and_then(|(_, name)| name.clone()),
             user_id: user.map(|(id, _)| id),
+            connected_at_ms: None,
         }
+    }
+
+    /// The gateway's `connectedAt`.
+    pub fn connected_at(mut self, ms: u64) -> Self {
+        self.connected_at_ms = Some(ms);
+        self
     }
 }
 
@@ -145,8 +154,11 @@ impl Chat {
         request: &ConnectRequest,
     ) -> Result<Member, ConnectRejection> {
         let member = Self::member_for(request)?;
+        let connected_at = request.connected_at_ms.unwrap_or_else(|| (self.clock)());
         let stored = async {
-            self.connections.insert(connection_id, &member).await?;
+            self.connections
+                .insert(connection_id, &member, connected_at)
+                .await?;
             self.connections
                 .join(
                     connection_id,
@@ -497,6 +509,10 @@ impl Chat {
         let payload = Payload::encode(frame);
         let gone = self.notifier.broadcast(&recipients, &payload).await;
         for id in gone {
+            if self.may_still_be_connecting(&id).await {
+                tracing::debug!(connection = %id, "gone while its $connect may still run: kept");
+                continue;
+            }
             tracing::info!(connection = %id, "removing a connection that is gone");
             if let Err(e) = self.connections.remove(&id).await {
                 tracing::warn!(connection = %id, error = %e, "failed to remove a gone connection");
@@ -505,6 +521,28 @@ impl Chat {
         Ok(())
     }
 }
+
+impl Chat {
+    /// Whether a connection reported gone may be one whose `$connect` has not returned yet: API
+    /// Gateway answers `PostToConnection` with 410 until then ("A message was posted to the
+    /// WebSocket API before the connection was established": AWS Knowledge Center, "How do I
+    /// troubleshoot 410 GoneException errors with API Gateway WebSocket APIs?"), and the
+    /// connection is stored (in `lobby`) during its `$connect`. Such a connection must not be
+    /// removed; one that is really gone is removed by its `$disconnect`, or expires.
+    async fn may_still_be_connecting(&self, id: &ConnectionId) -> bool {
+        match self.connections.get(id).await {
+            Ok(Some(record)) => {
+                (self.clock)().saturating_sub(record.connected_at_ms) < CONNECTING_WINDOW_MS
+            }
+            // Already removed, or unreadable: nothing to keep.
+            Ok(None) | Err(_) => false,
+        }
+    }
+}
+
+/// How long after `connectedAt` a `$connect` may still be running: API Gateway's integration
+/// timeout for WebSocket APIs is at most 29 seconds (API Gateway quotas), and a second more.
+pub const CONNECTING_WINDOW_MS: u64 = 30_000;
 
 fn ack(request_id: Option<&RequestId>, message: &StoredMessage) -> Payload {
     Payload::encode(&ServerFrame::Ack {

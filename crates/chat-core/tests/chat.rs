@@ -614,12 +614,37 @@ async fn a_connection_found_gone_during_fan_out_is_removed() {
     let ada = h.connect("ada").await;
     let ghost = h.connect("ghost").await;
     h.notifier.mark_gone(&ghost);
+    // Past the window in which its `$connect` could still be running.
+    h.clock
+        .fetch_add(chat_core::service::CONNECTING_WINDOW_MS, Ordering::SeqCst);
     let ack = h
         .send(&ada, json!({"action":"sendMessage","text":"x"}))
         .await
         .unwrap();
     assert_eq!(ack["type"], "ack");
     assert!(h.connections.get(&ghost).await.unwrap().is_none());
+}
+
+/// API Gateway answers 410 to a post for a connection whose `$connect` has not returned, and the
+/// connection is in `lobby` from the start of its `$connect`: a fan-out in that window must not
+/// remove it.
+#[tokio::test]
+async fn a_connection_gone_while_it_may_still_be_connecting_is_kept() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let newcomer = h.connect("newcomer").await;
+    h.notifier.mark_gone(&newcomer);
+    h.clock.fetch_add(
+        chat_core::service::CONNECTING_WINDOW_MS - 1,
+        Ordering::SeqCst,
+    );
+    let ack = h
+        .send(&ada, json!({"action":"sendMessage","text":"x"}))
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack");
+    let kept = h.connections.get(&newcomer).await.unwrap();
+    assert!(kept.is_some_and(|record| record.is_member_of(&chat_core::domain::RoomName::lobby())));
 }
 
 #[tokio::test]
@@ -667,6 +692,7 @@ async fn an_authenticated_connection_takes_its_name_from_the_token() {
                 name: Some("ignored".into()),
                 user_id: Some("u-1".into()),
                 token_name: Some("Ada".into()),
+                ..Default::default()
             },
         )
         .await

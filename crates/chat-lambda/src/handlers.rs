@@ -110,7 +110,8 @@ impl Handlers {
                     "name",
                 );
                 let context = &event.request_context.authorizer.fields;
-                let request = ConnectRequest::new(name, |key| context.get(key));
+                let request = ConnectRequest::new(name, |key| context.get(key))
+                    .connected_at(u64::try_from(event.request_context.connected_at).unwrap_or(0));
                 match chat.connect(&id, &request).await {
                     Ok(member) => {
                         tracing::info!(name = member.name.as_str(), "connected");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::fixtures::{connect, guest, names, room, user};
+use super::fixtures::{CONNECTED_AT_MS, connect, guest, names, room, user};
 use crate::domain::{ConnectionId, Member, RoomName};
 use crate::ports::{ConnectionRecord, ConnectionStore, JoinOutcome};
 use crate::rate_limit::RateLimit;
@@ -68,6 +68,7 @@ pub async fn an_inserted_connection_is_read_back_in_no_room(factory: &dyn Connec
         Some(ConnectionRecord {
             id: id.clone(),
             member: ada,
+            connected_at_ms: CONNECTED_AT_MS,
             rooms: Vec::new(),
         })
     );
@@ -394,6 +395,7 @@ pub async fn removing_a_connection_returns_its_record_and_takes_it_out_of_every_
         Some(ConnectionRecord {
             id: id.clone(),
             member: ada,
+            connected_at_ms: CONNECTED_AT_MS,
             rooms: rooms.to_vec(),
         })
     );

@@ -64,10 +64,17 @@ pub async fn append_new(store: &dyn MessageStore, message: NewMessage) -> Stored
     }
 }
 
-/// Inserts a connection for `member`, in no room; returns its (random) id.
+/// The `connectedAt` of every connection [`connect`] makes.
+pub const CONNECTED_AT_MS: u64 = 1_795_000_000_123;
+
+/// Inserts a connection for `member`, in no room, connected at [`CONNECTED_AT_MS`]; returns its
+/// (random) id.
 pub async fn connect(store: &dyn ConnectionStore, member: &Member) -> ConnectionId {
     let id = ConnectionId::random();
-    store.insert(&id, member).await.expect("insert");
+    store
+        .insert(&id, member, CONNECTED_AT_MS)
+        .await
+        .expect("insert");
     id
 }
 

@@ -72,7 +72,8 @@ impl Backend for Embedded {
 
     async fn connect(&self, connection: &Connection, handshake: &Handshake) -> Result<(), Refusal> {
         let context = connection.authorizer.as_ref();
-        let request = ConnectRequest::new(handshake.first("name"), |key| context?.get(key));
+        let request = ConnectRequest::new(handshake.first("name"), |key| context?.get(key))
+            .connected_at(connection.connected_at_ms);
         self.chat
             .connect(&connection.id, &request)
             .await
@@ -176,6 +177,7 @@ mod tests {
 
         async fn live(&self) -> (ConnectionId, Box<dyn Inbox>) {
             let (handle, frames) = self.registry.register(facts()).unwrap();
+            handle.mark_connected();
             let frames: Mutex<Frames> = Mutex::new(frames);
             let received = Mutex::new(Vec::new());
             let inbox = move || {

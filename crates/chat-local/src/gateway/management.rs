@@ -76,7 +76,8 @@ fn live_connection(
     state
         .registry
         .get(&ConnectionId::new(connection_id))
-        .filter(|handle| !handle.is_closing())
+        // Closing, or its `$connect` has not returned: 410, as on API Gateway.
+        .filter(|handle| handle.is_reachable())
         .ok_or(Unreachable::Gone)
 }
 

@@ -261,6 +261,7 @@ async fn websocket(
         state.registry.remove(&connection_id);
         return refuse_with(refusal);
     }
+    handle.mark_connected();
     let failed_state = state.clone();
     let failed_id = connection_id.clone();
     let tracker = state.connections.clone();

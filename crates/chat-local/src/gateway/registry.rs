@@ -57,6 +57,11 @@ pub struct ConnectionHandle {
     writer_waker: AtomicWaker,
     /// Wakes the reader task: the connection must close.
     reader_waker: AtomicWaker,
+    /// `$connect` has returned and accepted it. Until then API Gateway answers every post to it
+    /// with 410 and queues nothing ("A message was posted to the WebSocket API before the
+    /// connection was established": AWS Knowledge Center, "How do I troubleshoot 410
+    /// GoneException errors with API Gateway WebSocket APIs?"), and so does this gateway.
+    connected: AtomicBool,
     last_active_ms: AtomicU64,
 }
 
@@ -102,6 +107,16 @@ impl ConnectionHandle {
 
     pub fn is_closing(&self) -> bool {
         self.close_frame.get().is_some()
+    }
+
+    /// `$connect` accepted the connection: posts reach it from now on.
+    pub fn mark_connected(&self) {
+        self.connected.store(true, Ordering::Release);
+    }
+
+    /// Whether posts reach it: `$connect` has accepted it and it is not closing.
+    pub fn is_reachable(&self) -> bool {
+        self.connected.load(Ordering::Acquire) && !self.is_closing()
     }
 
     /// Resolves once the connection must close: the writer's wait.
@@ -234,6 +249,7 @@ impl Registry {
             close_frame: OnceLock::new(),
             writer_waker: AtomicWaker::new(),
             reader_waker: AtomicWaker::new(),
+            connected: AtomicBool::new(false),
         });
         connections.insert(id, handle.clone());
         let frames = Frames {
@@ -284,14 +300,15 @@ impl Outbox {
         Self { registry }
     }
 
-    /// Posts one text frame to one connection.
+    /// Posts one text frame to one connection; a connection whose `$connect` has not returned is
+    /// [`Posted::Gone`], as on API Gateway.
     pub fn post(&self, to: &ConnectionId, text: Utf8Bytes) -> Posted {
         match self.registry.get(to) {
-            Some(handle) => {
+            Some(handle) if handle.connected.load(Ordering::Acquire) => {
                 handle.push(Outbound::Text(text));
                 Posted::Queued
             }
-            None => Posted::Gone,
+            Some(_) | None => Posted::Gone,
         }
     }
 
@@ -302,10 +319,10 @@ impl Outbox {
         let mut gone = Vec::new();
         for id in to {
             match connections.get(id) {
-                Some(handle) => {
+                Some(handle) if handle.connected.load(Ordering::Acquire) => {
                     handle.push(Outbound::Text(text.clone()));
                 }
-                None => gone.push(id.clone()),
+                Some(_) | None => gone.push(id.clone()),
             }
         }
         gone
@@ -428,9 +445,20 @@ mod tests {
     #[test]
     fn the_outbox_posts_to_live_connections_and_reports_the_gone() {
         let registry = Arc::new(Registry::new(10, 8));
-        let (_a, mut a_frames) = registry.register(facts("a")).unwrap();
+        let (a, mut a_frames) = registry.register(facts("a")).unwrap();
         let outbox = Outbox::new(registry.clone());
         let hello = Utf8Bytes::from_static("hello");
+        // Until `$connect` has returned, posts are 410 and nothing is queued, as on API Gateway.
+        assert_eq!(
+            outbox.post(&ConnectionId::new("a"), hello.clone()),
+            Posted::Gone
+        );
+        assert_eq!(
+            outbox.post_many(&[ConnectionId::new("a")], &hello),
+            [ConnectionId::new("a")]
+        );
+        assert!(a_frames.try_recv().is_none());
+        a.mark_connected();
         assert_eq!(
             outbox.post(&ConnectionId::new("a"), hello.clone()),
             Posted::Queued

@@ -5,6 +5,7 @@
 mod actions;
 mod bad_input;
 mod binary;
+mod connecting;
 mod gateway;
 mod lambda_binary;
 mod notifiers;
