@@ -189,13 +189,13 @@ mod tests {
                 }
                 received.clone()
             };
-            (handle.id.clone(), Box::new(inbox))
+            (handle.id().clone(), Box::new(inbox))
         }
 
         async fn gone(&self) -> ConnectionId {
             let (handle, _frames) = self.registry.register(facts()).unwrap();
-            self.registry.remove(&handle.id);
-            handle.id.clone()
+            self.registry.remove(handle.id());
+            handle.id().clone()
         }
     }
 

@@ -40,8 +40,7 @@ pub enum Outbound {
 /// One live connection, shared by its reader, its writer, the outbox and the management API.
 #[derive(Debug)]
 pub struct ConnectionHandle {
-    pub id: ConnectionId,
-    /// What every call to the back end about this connection carries.
+    /// What every call to the back end about this connection carries (its id among them).
     pub facts: Connection,
     /// Frames waiting for the writer. A plain deque behind a lock: it allocates nothing while
     /// empty (an idle connection costs no queue memory), and a push is one uncontended lock.
@@ -78,7 +77,7 @@ impl ConnectionHandle {
         }
         if queue.len() >= self.queue_len {
             drop(queue);
-            tracing::warn!(connection = %self.id, "slow consumer: send queue full, closing");
+            tracing::warn!(connection = %self.facts.id, "slow consumer: send queue full, closing");
             self.close(close_code::POLICY, "slow consumer: send queue full");
             return false;
         }
@@ -114,9 +113,18 @@ impl ConnectionHandle {
         self.connected.store(true, Ordering::Release);
     }
 
+    /// Whether `$connect` has accepted it: until then, posts to it are 410.
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
     /// Whether posts reach it: `$connect` has accepted it and it is not closing.
     pub fn is_reachable(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && !self.is_closing()
+        self.is_connected() && !self.is_closing()
+    }
+
+    pub fn id(&self) -> &ConnectionId {
+        &self.facts.id
     }
 
     /// Resolves once the connection must close: the writer's wait.
@@ -240,7 +248,6 @@ impl Registry {
         }
         let id = facts.id.clone();
         let handle = Arc::new(ConnectionHandle {
-            id: id.clone(),
             last_active_ms: AtomicU64::new(facts.connected_at_ms),
             facts,
             queue: Mutex::new(VecDeque::new()),
@@ -304,7 +311,7 @@ impl Outbox {
     /// [`Posted::Gone`], as on API Gateway.
     pub fn post(&self, to: &ConnectionId, text: Utf8Bytes) -> Posted {
         match self.registry.get(to) {
-            Some(handle) if handle.connected.load(Ordering::Acquire) => {
+            Some(handle) if handle.is_connected() => {
                 handle.push(Outbound::Text(text));
                 Posted::Queued
             }
@@ -319,7 +326,7 @@ impl Outbox {
         let mut gone = Vec::new();
         for id in to {
             match connections.get(id) {
-                Some(handle) if handle.connected.load(Ordering::Acquire) => {
+                Some(handle) if handle.is_connected() => {
                     handle.push(Outbound::Text(text.clone()));
                 }
                 Some(_) | None => gone.push(id.clone()),

@@ -47,9 +47,9 @@ where
         reason: reason.into(),
     };
     state.backend.disconnect(&handle.facts, &closed).await;
-    state.registry.remove(&handle.id);
+    state.registry.remove(handle.id());
     let _ = writer.await;
-    tracing::debug!(connection = %handle.id, "connection closed");
+    tracing::debug!(connection = %handle.id(), "connection closed");
 }
 
 async fn read_loop<S>(mut stream: S, state: &AppState, handle: &ConnectionHandle)
@@ -137,11 +137,11 @@ fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
             handle.close(close_code::INVALID_PAYLOAD, "invalid UTF-8 in a text frame")
         }
         Ok(Error::Protocol(e)) => {
-            tracing::debug!(connection = %handle.id, error = %e, "protocol error");
+            tracing::debug!(connection = %handle.id(), error = %e, "protocol error");
             handle.close(1002, "protocol error")
         }
-        Ok(e) => tracing::debug!(connection = %handle.id, error = %e, "read error"),
-        Err(e) => tracing::debug!(connection = %handle.id, error = %e, "read error"),
+        Ok(e) => tracing::debug!(connection = %handle.id(), error = %e, "read error"),
+        Err(e) => tracing::debug!(connection = %handle.id(), error = %e, "read error"),
     }
 }
 
@@ -190,7 +190,7 @@ async fn write_loop<S>(
                 return;
             }
             Err(_elapsed) => {
-                tracing::warn!(connection = %handle.id, "slow consumer: socket blocked, closing");
+                tracing::warn!(connection = %handle.id(), "slow consumer: socket blocked, closing");
                 // The close frame cannot go out through a full socket; it is tried, briefly.
                 handle.close(close_code::POLICY, "slow consumer: not reading");
                 break;
@@ -376,7 +376,7 @@ mod tests {
             .unwrap();
         let disconnects = h.backend.disconnects.lock().unwrap();
         assert_eq!(disconnects.len(), 1);
-        assert_eq!(disconnects[0].0, h.handle.id);
+        assert_eq!(disconnects[0].0, *h.handle.id());
     }
 
     #[tokio::test]
