@@ -320,7 +320,6 @@ mod tests {
     fn the_connect_event_has_the_fields_and_types_of_aws_sample() {
         let handshake = Handshake {
             query: vec![("name".into(), "ada".into()), ("name".into(), "bob".into())],
-            headers: Vec::new(),
         };
         let ours = api().connect(&connection(), &handshake);
         let aws = aws_fixture("example-apigw-websocket-request.json");
@@ -371,7 +370,6 @@ mod tests {
     fn the_authorizer_event_has_the_fields_and_types_of_aws_sample() {
         let handshake = Handshake {
             query: vec![("token".into(), "t".into())],
-            headers: Vec::new(),
         };
         let connect = api().connect(&connection(), &handshake);
         let ours = api().authorizer(&connect);

@@ -261,7 +261,6 @@ mod tests {
         let token = chat_auth::mint_hs256(secret, &claims).unwrap();
         let handshake = |token: &str| Handshake {
             query: vec![("token".into(), token.into())],
-            headers: Vec::new(),
         };
         let mut ada = Connection {
             id: ConnectionId::random(),

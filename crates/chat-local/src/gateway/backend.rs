@@ -17,8 +17,6 @@ use serde_json::{Map, Value};
 pub struct Handshake {
     /// The query parameters in order, decoded; repeated names are kept.
     pub query: Vec<(String, String)>,
-    /// Every header of the request, in order, as the client sent them.
-    pub headers: Vec<(String, String)>,
 }
 
 impl Handshake {

@@ -234,10 +234,6 @@ async fn websocket(
         .map(str::to_owned);
     let handshake = Handshake {
         query: query::pairs(&raw_query),
-        headers: headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect(),
     };
     let mut facts = Connection {
         id: ConnectionId::random(),
