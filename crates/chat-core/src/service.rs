@@ -558,3 +558,34 @@ fn internal(e: StoreError) -> ChatError {
     tracing::error!(error = %e, "a store failed");
     ChatError::internal()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::authorizer_context;
+
+    fn user(context: Value) -> Option<(String, Option<String>)> {
+        let context: Map<String, Value> = serde_json::from_value(context).unwrap();
+        authorizer_context::user(|key| context.get(key))
+    }
+
+    #[test]
+    fn the_context_gives_the_user_only_when_there_is_one() {
+        assert_eq!(
+            user(json!({"userId":"u1","name":"Ada","principalId":"u1"})),
+            Some(("u1".into(), Some("Ada".into())))
+        );
+        assert_eq!(user(json!({})), None);
+        assert_eq!(user(json!({"userId":""})), None);
+        assert_eq!(user(json!({"userId":7})), None);
+    }
+
+    #[test]
+    fn a_written_context_reads_back_as_its_user() {
+        let context = Value::Object(authorizer_context::of("u1", Some("Ada")));
+        assert_eq!(user(context), Some(("u1".into(), Some("Ada".into()))));
+        let nameless = Value::Object(authorizer_context::of("u2", None));
+        assert_eq!(user(nameless), Some(("u2".into(), None)));
+    }
+}

@@ -13,7 +13,6 @@
 //! rotated its keys), at most once per [`REFETCH_INTERVAL`], so that junk `kid`s cannot make
 //! every handshake a fetch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -327,16 +326,11 @@ impl JwksCache {
     }
 }
 
-/// The user the authorizer put in an event's `requestContext.authorizer`, if any.
-pub fn identity_from_context(fields: &HashMap<String, Value>) -> Option<Identity> {
-    authorizer_context::user(|key| fields.get(key))
-        .map(|(user_id, name)| Identity { user_id, name })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
-    use serde_json::json;
 
     fn config(vars: &[(&str, &str)]) -> Result<AuthorizerConfig, ConfigError> {
         let vars: HashMap<String, String> = vars
@@ -367,23 +361,6 @@ mod tests {
         );
         let error = config(&[("JWT_SECRET", "s"), ("JWKS_CACHE_SECONDS", "soon")]).unwrap_err();
         assert_eq!(error.name, "JWKS_CACHE_SECONDS");
-    }
-
-    #[test]
-    fn the_context_gives_the_user_only_when_there_is_one() {
-        let fields = |v: Value| -> HashMap<String, Value> { serde_json::from_value(v).unwrap() };
-        assert_eq!(
-            identity_from_context(&fields(
-                json!({"userId":"u1","name":"Ada","principalId":"u1"})
-            )),
-            Some(Identity {
-                user_id: "u1".into(),
-                name: Some("Ada".into())
-            })
-        );
-        assert_eq!(identity_from_context(&fields(json!({}))), None);
-        assert_eq!(identity_from_context(&fields(json!({"userId":""}))), None);
-        assert_eq!(identity_from_context(&fields(json!({"userId":7}))), None);
     }
 
     #[test]
