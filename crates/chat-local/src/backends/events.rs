@@ -225,27 +225,30 @@ mod tests {
         }
     }
 
-    /// The `aws_lambda_events` crate's published sample events (AWS's own), found through
-    /// `cargo metadata` as the crate's manifest directory.
+    /// The `aws_lambda_events` crate's published sample events (AWS's own), in the crate's
+    /// `src/fixtures/`, found once through `cargo metadata` as its manifest directory.
     fn aws_fixture(name: &str) -> Value {
-        let out = std::process::Command::new(env!("CARGO"))
-            .args(["metadata", "--format-version", "1", "--offline"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("cargo metadata runs");
-        let metadata: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-        let manifest = metadata["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "aws_lambda_events")
-            .and_then(|p| p["manifest_path"].as_str())
-            .expect("aws_lambda_events is a dependency");
-        let path = PathBuf::from(manifest)
-            .parent()
-            .unwrap()
-            .join("src/fixtures")
-            .join(name);
+        static FIXTURES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let dir = FIXTURES.get_or_init(|| {
+            let out = std::process::Command::new(env!("CARGO"))
+                .args(["metadata", "--format-version", "1", "--offline"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .expect("cargo metadata runs");
+            let metadata: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+            let manifest = metadata["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "aws_lambda_events")
+                .and_then(|p| p["manifest_path"].as_str())
+                .expect("aws_lambda_events is a dependency");
+            PathBuf::from(manifest)
+                .parent()
+                .unwrap()
+                .join("src/fixtures")
+        });
+        let path = dir.join(name);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         serde_json::from_str(&text).unwrap()
