@@ -87,6 +87,8 @@ pub mod keys {
     /// Every message id (`0-9`, `a-f`, `-`) sorts before this; every other item after it.
     pub const END_OF_MESSAGES: &str = "~";
     pub const MEMBER_PREFIX: &str = "~member#";
+    /// The room's head: its latest `seq` and message id.
+    pub const HEAD: &str = "~head";
 
     pub fn member(join_key: &str) -> String {
         format!("{MEMBER_PREFIX}{join_key}")

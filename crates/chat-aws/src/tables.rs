@@ -6,8 +6,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, LocalSecondaryIndex, Projection,
+    ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 
 /// The connections table's key.
@@ -16,6 +16,14 @@ pub const CONNECTION_KEY: &str = "connectionId";
 pub const ROOM_KEY: &str = "room";
 /// The messages table's sort key: a message id, or a member or idempotency key of the room.
 pub const SORT_KEY: &str = "sk";
+/// A message item's room sequence number (a number), the sort key of [`SEQ_INDEX`].
+pub const SEQ_ATTRIBUTE: &str = "seq";
+/// The messages table's local secondary index by `seq`: only message items have a `seq`, so it
+/// holds the messages alone, in the order they became visible. A local index, because only a
+/// local one can be read with strong consistency (a recovery must see every acknowledged
+/// message); its cost is DynamoDB's limit of 10 GB per room (partition key) for the table and
+/// the index together.
+pub const SEQ_INDEX: &str = "bySeq";
 /// The expiry attribute of both tables (epoch seconds), enabled as DynamoDB's TTL.
 pub const TTL_ATTRIBUTE: &str = "ttl";
 
@@ -58,20 +66,25 @@ pub async fn create_tables(client: &Client, tables: &Tables) -> Result<(), Creat
         client,
         &tables.connections,
         &[(CONNECTION_KEY, KeyType::Hash)],
+        None,
     )
     .await?;
     create_table(
         client,
         &tables.messages,
         &[(ROOM_KEY, KeyType::Hash), (SORT_KEY, KeyType::Range)],
+        Some((SEQ_INDEX, SEQ_ATTRIBUTE)),
     )
     .await
 }
 
+/// Creates one table with string keys, and a local index (its name, its numeric sort key) that
+/// projects every attribute.
 async fn create_table(
     client: &Client,
     table: &str,
     keys: &[(&str, KeyType)],
+    local_index: Option<(&str, &str)>,
 ) -> Result<(), CreateTableError> {
     let fail = |e: &dyn std::fmt::Display| CreateTableError {
         table: table.to_owned(),
@@ -99,6 +112,34 @@ async fn create_table(
                 .build()
                 .map_err(|e| fail(&e))?;
             create = create.attribute_definitions(definition).key_schema(element);
+        }
+        if let Some((index, sort_key)) = local_index {
+            let key = |name: &str, key_type: KeyType| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(key_type)
+                    .build()
+                    .map_err(|e| fail(&e))
+            };
+            let definition = AttributeDefinition::builder()
+                .attribute_name(sort_key)
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .map_err(|e| fail(&e))?;
+            let lsi = LocalSecondaryIndex::builder()
+                .index_name(index)
+                .key_schema(key(keys[0].0, KeyType::Hash)?)
+                .key_schema(key(sort_key, KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| fail(&e))?;
+            create = create
+                .attribute_definitions(definition)
+                .local_secondary_indexes(lsi);
         }
         match create.send().await {
             Ok(_) => tracing::info!(table, "table created"),

@@ -22,6 +22,68 @@ use chat_core::testing::message_store::assert_pages_match_the_reference;
 chat_core::message_store_conformance!(|| async { stores("messages").await.messages });
 chat_core::connection_store_conformance!(|| async { stores("connections").await.connections });
 
+/// The message suite over three containers (three store instances on one table) whose clocks
+/// are 50 ms apart, each call going to the next: appends race for a room's head across
+/// containers, and ids are made by clocks behind and ahead of one another.
+mod three_containers {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use chat_core::domain::{ClientMsgId, NewMessage, Page, StoredMessage};
+    use chat_core::ports::StoreResult;
+
+    use super::*;
+
+    chat_core::message_store_conformance!(|| async {
+        let s = stores("containers").await;
+        let skewed = |offset: i64| {
+            let clock: chat_core::clock::Clock =
+                Arc::new(move || chat_core::clock::now_ms().saturating_add_signed(offset));
+            DynamoMessages::new(s.client.clone(), s.tables.clone()).with_clock(clock)
+        };
+        Containers {
+            containers: vec![skewed(0), skewed(50), skewed(-50)],
+            next: AtomicUsize::new(0),
+        }
+    });
+
+    struct Containers {
+        containers: Vec<DynamoMessages>,
+        next: AtomicUsize,
+    }
+
+    impl Containers {
+        fn pick(&self) -> &DynamoMessages {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            &self.containers[i % self.containers.len()]
+        }
+    }
+
+    #[async_trait]
+    impl MessageStore for Containers {
+        async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+            self.pick().append(message).await
+        }
+        async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
+            self.pick().latest_seq(room).await
+        }
+        async fn find_by_client_msg_id(
+            &self,
+            room: &RoomName,
+            sender_key: &str,
+            client_msg_id: &ClientMsgId,
+        ) -> StoreResult<Option<StoredMessage>> {
+            self.pick()
+                .find_by_client_msg_id(room, sender_key, client_msg_id)
+                .await
+        }
+        async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
+            self.pick().page(room, cursor, limit).await
+        }
+    }
+}
+
 /// Every room's members read two at a time: the suite's rooms span several Query pages.
 mod small_pages {
     use super::*;

@@ -198,10 +198,132 @@ async fn a_join_whose_transaction_goes_through_is_joined() {
     assert_eq!(transact.num_calls(), 1);
 }
 
+/// An append's transaction cancelled for one of its items (head, message, idempotency key):
+/// `failed` names the one whose condition failed, and `item` is what DynamoDB returns of it.
+fn append_cancelled(failed: usize, item: Option<Item>) -> TransactWriteItemsError {
+    let reasons = (0..3).map(|i| {
+        if i == failed {
+            CancellationReason::builder()
+                .code("ConditionalCheckFailed")
+                .set_item(item.clone())
+                .build()
+        } else {
+            CancellationReason::builder().code("None").build()
+        }
+    });
+    TransactWriteItemsError::TransactionCanceledException(
+        TransactionCanceledException::builder()
+            .set_cancellation_reasons(Some(reasons.collect()))
+            .build(),
+    )
+}
+
+fn is_head(req: &aws_sdk_dynamodb::operation::get_item::GetItemInput) -> bool {
+    req.key().and_then(|k| k.get("sk")) == Some(&s("~head"))
+}
+
+fn ada_says(text: &str, client_msg_id: Option<&str>) -> NewMessage {
+    NewMessage {
+        room: RoomName::lobby(),
+        sender: Member {
+            name: DisplayName::parse("ada").unwrap(),
+            user_id: None,
+        },
+        text: MessageText::parse(text.into()).unwrap(),
+        client_msg_id: client_msg_id.map(|id| ClientMsgId::parse(id).unwrap()),
+    }
+}
+
+/// Another container appended between our read of the room's head and our write: the
+/// transaction is cancelled, and says where the head is now; the append goes after it, with the
+/// next `seq` and an id after that container's, without reading the head again.
+#[tokio::test]
+async fn an_append_that_lost_the_race_for_the_head_goes_after_the_winner() {
+    let winner = "0190a0b0-0000-7000-8000-0000000000bb";
+    let head = mock!(DynamoDb::get_item)
+        .match_requests(is_head)
+        .then_output(|| {
+            GetItemOutput::builder()
+                .set_item(Some(Item::from([
+                    ("room".into(), s("lobby")),
+                    ("sk".into(), s("~head")),
+                    ("headSeq".into(), n(6)),
+                    ("lastId".into(), s("0190a0b0-0000-7000-8000-0000000000aa")),
+                ])))
+                .build()
+        });
+    let lost = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            req.transact_items()[0]
+                .put()
+                .unwrap()
+                .expression_attribute_values()
+                .unwrap()[":read"]
+                == n(6)
+        })
+        .then_error(move || {
+            append_cancelled(
+                0,
+                Some(Item::from([
+                    ("room".into(), s("lobby")),
+                    ("sk".into(), s("~head")),
+                    ("headSeq".into(), n(7)),
+                    ("lastId".into(), s(winner)),
+                ])),
+            )
+        });
+    let won = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            let put = req.transact_items()[0].put().unwrap();
+            put.expression_attribute_values().unwrap()[":read"] == n(7)
+                && put.item()["headSeq"] == n(8)
+                && req.transact_items()[1].put().unwrap().item()["seq"] == n(8)
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let next = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            req.transact_items()[0]
+                .put()
+                .unwrap()
+                .expression_attribute_values()
+                .unwrap()[":read"]
+                == n(8)
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let store = DynamoMessages::new(
+        mocked::dynamodb(RuleMode::MatchAny, &[&head, &lost, &won, &next]),
+        Tables::default(),
+    );
+    let appended = store.append(ada_says("second", None)).await.unwrap();
+    let Appended::New(stored) = appended else {
+        panic!("expected a new message, got {appended:?}")
+    };
+    assert_eq!(stored.seq, 8);
+    assert!(
+        stored.id.to_string().as_str() > winner,
+        "{} after {winner}",
+        stored.id
+    );
+    assert_eq!(
+        (head.num_calls(), lost.num_calls(), won.num_calls()),
+        (1, 1, 1)
+    );
+    // The next append of this container starts from the head it left: no read.
+    let appended = store.append(ada_says("third", None)).await.unwrap();
+    assert!(
+        matches!(appended, Appended::New(ref m) if m.seq == 9),
+        "{appended:?}"
+    );
+    assert_eq!((head.num_calls(), next.num_calls()), (1, 1));
+}
+
 #[tokio::test]
 async fn a_retry_that_lost_the_race_gets_the_first_message() {
     let id = "0190a0b0-0000-7000-8000-0000000000aa";
-    let transact = mock!(DynamoDb::transact_write_items).then_error(cancelled);
+    let head = mock!(DynamoDb::get_item)
+        .match_requests(is_head)
+        .then_output(|| GetItemOutput::builder().build());
+    let transact = mock!(DynamoDb::transact_write_items).then_error(|| append_cancelled(2, None));
     let key = mock!(DynamoDb::get_item)
         .match_requests(|req| {
             req.key()
@@ -226,6 +348,7 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
                     ("room".into(), s("lobby")),
                     ("sk".into(), s(id)),
                     ("ts".into(), n(1_721_000_000_000)),
+                    ("seq".into(), n(3)),
                     (
                         "sender".into(),
                         AttributeValue::M(Item::from([("name".into(), s("ada"))])),
@@ -236,26 +359,16 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
                 .build()
         });
     let store = DynamoMessages::new(
-        mocked::dynamodb(RuleMode::MatchAny, &[&transact, &key, &message]),
+        mocked::dynamodb(RuleMode::MatchAny, &[&head, &transact, &key, &message]),
         Tables::default(),
     );
-    let appended = store
-        .append(NewMessage {
-            room: RoomName::lobby(),
-            sender: Member {
-                name: DisplayName::parse("ada").unwrap(),
-                user_id: None,
-            },
-            text: MessageText::parse("first".into()).unwrap(),
-            client_msg_id: Some(ClientMsgId::parse("c-1").unwrap()),
-        })
-        .await
-        .unwrap();
+    let appended = store.append(ada_says("first", Some("c-1"))).await.unwrap();
     let Appended::Duplicate(earlier) = appended else {
         panic!("expected the earlier message, got {appended:?}")
     };
     assert_eq!(earlier.id.to_string(), id);
     assert_eq!(earlier.ts, 1_721_000_000_000);
     assert_eq!(earlier.text, "first");
+    assert_eq!(earlier.seq, 3);
     assert_eq!((key.num_calls(), message.num_calls()), (1, 1));
 }

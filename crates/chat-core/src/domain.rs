@@ -179,6 +179,35 @@ impl MessageId {
         self.0
     }
 
+    /// A version 7 id for a message stored after `previous` (the room's latest, if any): its time
+    /// is `now_ms`, or `previous`'s when the clock is behind it (another container's clock, a
+    /// clock set back), and it is always greater than `previous`. So a room's ids sort in the
+    /// order its messages were stored, whatever the clocks of the servers that stored them.
+    pub fn after(previous: Option<MessageId>, now_ms: u64) -> Self {
+        let fresh = |ms: u64| {
+            let mut random = [0u8; 10];
+            fastrand::fill(&mut random);
+            Self(uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid())
+        };
+        let Some(previous) = previous else {
+            return fresh(now_ms);
+        };
+        let previous_ms = previous.timestamp_ms().unwrap_or(0);
+        if now_ms > previous_ms {
+            return fresh(now_ms);
+        }
+        // Same millisecond (or a clock behind): the 62 random bits after the variant, plus a
+        // random step (so that ids stay hard to guess and leave room between them), which keeps
+        // the time, the version and the variant; should they overflow, the next millisecond.
+        const RAND_B: u128 = (1 << 62) - 1;
+        let bits = previous.0.as_u128();
+        let step = u128::from(fastrand::u32(1..));
+        if (bits & RAND_B) + step > RAND_B {
+            return fresh(previous_ms + 1);
+        }
+        Self(Uuid::from_u128(bits + step))
+    }
+
     /// Milliseconds since the Unix epoch encoded in a version 7 id.
     pub fn timestamp_ms(&self) -> Option<u64> {
         self.0.get_timestamp().map(|ts| {
@@ -331,19 +360,31 @@ pub struct StoredMessage {
     pub room: RoomName,
     pub id: MessageId,
     pub ts: u64,
+    /// The room's sequence number of this message: one more than the room's event before it.
+    pub seq: u64,
     pub sender: Member,
     pub text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<ClientMsgId>,
 }
 
+/// Where a room's sequence stands: its latest event, as a store reads it before appending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomHead {
+    /// The latest `seq`, 0 for a room with no event yet.
+    pub seq: u64,
+    /// The latest message's id.
+    pub last_id: Option<MessageId>,
+}
+
 impl StoredMessage {
-    /// Gives a new message its id (UUID v7, ordered within the process) and `ts` (the id's
-    /// own time, so that the two always agree).
-    pub fn stamp(new: NewMessage) -> Self {
-        let id = MessageId::new_v7();
+    /// Gives a new message the room's next `seq`, an id after the room's latest
+    /// ([`MessageId::after`]), and `ts`, the id's own time, so that the two always agree.
+    pub fn stamp(new: NewMessage, head: RoomHead, now_ms: u64) -> Self {
+        let id = MessageId::after(head.last_id, now_ms);
         Self {
             ts: id.timestamp_ms().unwrap_or_default(),
+            seq: head.seq + 1,
             id,
             room: new.room,
             sender: new.sender,
@@ -362,6 +403,8 @@ pub enum Cursor {
     Before(MessageId),
     /// The oldest messages after this id.
     After(MessageId),
+    /// (Version 2) The oldest events after this sequence number.
+    AfterSeq(u64),
 }
 
 /// A page of history, oldest first.
@@ -455,6 +498,30 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn an_id_after_another_is_greater_whatever_the_clock_says() {
+        let first = MessageId::after(None, 1_700_000_000_000);
+        assert_eq!(first.timestamp_ms(), Some(1_700_000_000_000));
+        // The same millisecond, and a clock 50 ms behind: still after, at the latest's time.
+        for now in [1_700_000_000_000, 1_699_999_999_950] {
+            let next = MessageId::after(Some(first), now);
+            assert!(next > first);
+            assert!(next.to_string() > first.to_string());
+            assert_eq!(next.timestamp_ms(), Some(1_700_000_000_000));
+            assert_eq!(next.as_uuid().get_version_num(), 7);
+            assert_eq!(MessageId::parse(&next.to_string()), Ok(next));
+        }
+        // A clock ahead: its own time.
+        let later = MessageId::after(Some(first), 1_700_000_000_007);
+        assert_eq!(later.timestamp_ms(), Some(1_700_000_000_007));
+        // All the random bits used up in one millisecond: the next millisecond.
+        let full =
+            MessageId::from_uuid(Uuid::from_u128(first.as_uuid().as_u128() | ((1 << 62) - 1)));
+        let next = MessageId::after(Some(full), 1_700_000_000_000);
+        assert!(next > full);
+        assert_eq!(next.timestamp_ms(), Some(1_700_000_000_001));
     }
 
     #[test]

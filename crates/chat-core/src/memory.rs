@@ -10,8 +10,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use indexmap::IndexMap;
 
+use crate::clock::now_ms;
 use crate::domain::{
-    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomName, StoredMessage,
+    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomHead, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore, Notifier,
@@ -200,7 +201,7 @@ impl ConnectionStore for MemoryConnections {
 
 #[derive(Default)]
 struct MessagesState {
-    /// Room → messages in id order (ids only grow within a process).
+    /// Room → messages in `seq` order.
     rooms: HashMap<RoomName, Vec<StoredMessage>>,
     by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), StoredMessage>,
 }
@@ -217,23 +218,22 @@ impl MemoryMessages {
     }
 }
 
-/// One page out of a room's messages in id order; shared by the fakes and usable by any store
-/// that holds a room in memory.
+/// One page out of a room's messages in `seq` order (which is also id order); shared by the
+/// fakes and usable by any store that holds a room in memory.
 pub fn page_of(messages: &[StoredMessage], cursor: Cursor, limit: usize) -> Page {
+    let forward = |start: usize| (start, (start + limit).min(messages.len()));
     let (start, end) = match cursor {
         Cursor::Latest => (messages.len().saturating_sub(limit), messages.len()),
         Cursor::Before(before) => {
             let end = messages.partition_point(|m| m.id < before);
             (end.saturating_sub(limit), end)
         }
-        Cursor::After(after) => {
-            let start = messages.partition_point(|m| m.id <= after);
-            (start, (start + limit).min(messages.len()))
-        }
+        Cursor::After(after) => forward(messages.partition_point(|m| m.id <= after)),
+        Cursor::AfterSeq(seq) => forward(messages.partition_point(|m| m.seq <= seq)),
     };
     let has_more = match cursor {
         Cursor::Latest | Cursor::Before(_) => start > 0,
-        Cursor::After(_) => end < messages.len(),
+        Cursor::After(_) | Cursor::AfterSeq(_) => end < messages.len(),
     };
     Page {
         messages: messages[start..end].to_vec(),
@@ -255,16 +255,26 @@ impl MessageStore for MemoryMessages {
         if let Some(earlier) = key.as_ref().and_then(|k| state.by_client_msg_id.get(k)) {
             return Ok(Appended::Duplicate(earlier.clone()));
         }
-        let stored = StoredMessage::stamp(message);
+        let room = state.rooms.entry(message.room.clone()).or_default();
+        let head = room.last().map_or(RoomHead::default(), |last| RoomHead {
+            seq: last.seq,
+            last_id: Some(last.id),
+        });
+        let stored = StoredMessage::stamp(message, head, now_ms());
+        room.push(stored.clone());
         if let Some(key) = key {
             state.by_client_msg_id.insert(key, stored.clone());
         }
-        state
-            .rooms
-            .entry(stored.room.clone())
-            .or_default()
-            .push(stored.clone());
         Ok(Appended::New(stored))
+    }
+
+    async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
+        let state = lock(&self.state);
+        Ok(state
+            .rooms
+            .get(room)
+            .and_then(|messages| messages.last())
+            .map_or(0, |last| last.seq))
     }
 
     async fn find_by_client_msg_id(

@@ -107,11 +107,19 @@ pub enum Appended {
     Duplicate(StoredMessage),
 }
 
-/// Messages, per room, in id order.
+/// Messages, per room, in the order they were stored.
+///
+/// Each stored event of a room gets the room's next `seq` (1, 2, 3, ...) and becomes visible to
+/// readers in that order, with no gap, whichever server or container stored it: a reader that
+/// has seen `seq` N and asks for what follows N misses nothing. A message's id sorts in the same
+/// order ([`StoredMessage::stamp`]), so that version 1's id cursors see the same order.
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Stores the message durably, unless its sender already used its `clientMsgId` in the room.
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// The room's latest `seq`: 0 when it has no event.
+    async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64>;
 
     /// The message this sender (see [`Member::sender_key`]) sent with this `clientMsgId`.
     async fn find_by_client_msg_id(
@@ -121,7 +129,7 @@ pub trait MessageStore: Send + Sync {
         client_msg_id: &ClientMsgId,
     ) -> StoreResult<Option<StoredMessage>>;
 
-    /// A page of the room's history: at most `limit` messages, oldest first.
+    /// A page of the room's history: at most `limit` messages, oldest first (in `seq` order).
     async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page>;
 }
 

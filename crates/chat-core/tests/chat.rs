@@ -753,6 +753,12 @@ impl chat_core::ports::MessageStore for FailingMessages {
     ) -> chat_core::ports::StoreResult<Option<chat_core::domain::StoredMessage>> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
+    async fn latest_seq(
+        &self,
+        _: &chat_core::domain::RoomName,
+    ) -> chat_core::ports::StoreResult<u64> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
     async fn page(
         &self,
         _: &chat_core::domain::RoomName,

@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chat_aws::tables::{CONNECTION_KEY, ROOM_KEY, SORT_KEY, TTL_ATTRIBUTE};
+use chat_aws::tables::{
+    CONNECTION_KEY, ROOM_KEY, SEQ_ATTRIBUTE, SEQ_INDEX, SORT_KEY, TTL_ATTRIBUTE,
+};
 use serde_norway::Value;
 
 fn template() -> Value {
@@ -378,6 +380,26 @@ fn the_tables_are_keyed_as_the_stores_use_them_on_demand_with_ttl_pitr_and_sse()
             (SORT_KEY.into(), "RANGE".into())
         ]
     );
+    // The index of messages by seq, as the store queries it, with every attribute.
+    let index = &tables["MessagesTable"]["Properties"]["LocalSecondaryIndexes"][0];
+    assert_eq!(index["IndexName"].as_str(), Some(SEQ_INDEX));
+    assert_eq!(
+        index["KeySchema"][0]["AttributeName"].as_str(),
+        Some(ROOM_KEY)
+    );
+    assert_eq!(
+        index["KeySchema"][1]["AttributeName"].as_str(),
+        Some(SEQ_ATTRIBUTE)
+    );
+    assert_eq!(index["KeySchema"][1]["KeyType"].as_str(), Some("RANGE"));
+    assert_eq!(index["Projection"]["ProjectionType"].as_str(), Some("ALL"));
+    let seq_type = tables["MessagesTable"]["Properties"]["AttributeDefinitions"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["AttributeName"].as_str() == Some(SEQ_ATTRIBUTE))
+        .and_then(|d| d["AttributeType"].as_str());
+    assert_eq!(seq_type, Some("N"));
     for (id, table) in &tables {
         let properties = &table["Properties"];
         assert_eq!(

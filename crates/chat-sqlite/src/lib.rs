@@ -6,7 +6,8 @@
 //! up in one transaction (group commit): under load, one fsync serves many messages; alone, a
 //! message waits for its own. Reads use a second connection, which WAL lets run beside the writer.
 //!
-//! The writer also gives each message its id, so ids are in the order messages are stored.
+//! The writer also gives each message its room's next `seq` and an id after the room's latest,
+//! inside the transaction that stores it, so both are in the order messages are stored.
 //!
 //! Checkpoints (copying the WAL back into the main file) run on a third connection, in the
 //! background, once a second: off the commit path, so that an `ack` never waits for one, and
@@ -20,8 +21,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use chat_core::clock::now_ms;
 use chat_core::domain::{
-    ClientMsgId, Cursor, DisplayName, Member, MessageId, NewMessage, Page, RoomName, StoredMessage,
+    ClientMsgId, Cursor, DisplayName, Member, MessageId, NewMessage, Page, RoomHead, RoomName,
+    StoredMessage,
 };
 use chat_core::ports::{Appended, MessageStore, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -34,10 +37,12 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// WAL pages past which the writer checkpoints by itself (SQLite's default is 1,000).
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
 
+/// The schema of version 2. A file of version 1 (no `seq`) is migrated by [`migrate`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     room           TEXT NOT NULL,
-    id             TEXT NOT NULL,   -- UUID v7, lowercase: sorts by time
+    id             TEXT NOT NULL,   -- UUID v7, lowercase: sorts like seq (StoredMessage::stamp)
+    seq            INTEGER NOT NULL, -- the room's sequence number: 1, 2, 3...
     ts             INTEGER NOT NULL,
     sender_name    TEXT NOT NULL,
     sender_user_id TEXT,
@@ -48,10 +53,33 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_msg_id
     ON messages (room, sender_key, client_msg_id) WHERE client_msg_id IS NOT NULL;
-PRAGMA user_version = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (room, seq);
+PRAGMA user_version = 2;
 ";
 
-const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id";
+/// Version 1 had no `seq`: each room's messages are numbered in id order, which was the order
+/// they were stored (one writer gave them their ids).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET seq = numbered.seq
+    FROM (SELECT room, id, row_number() OVER (PARTITION BY room ORDER BY id) AS seq
+          FROM messages) AS numbered
+    WHERE messages.room = numbered.room AND messages.id = numbered.id;
+";
+
+/// Brings a file of an earlier version to [`SCHEMA`]'s, in one transaction.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let tx = conn.transaction()?;
+    if version == 1 {
+        tx.execute_batch(MIGRATE_1_TO_2)?;
+        tracing::info!("message store migrated from version 1: messages numbered by room");
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.commit()
+}
+
+const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id, seq";
 
 struct AppendRequest {
     message: NewMessage,
@@ -93,7 +121,7 @@ impl SqliteMessages {
             })?;
         }
         let writer_conn = open_connection(path)
-            .and_then(|conn| conn.execute_batch(SCHEMA).map(|()| conn))
+            .and_then(|mut conn| migrate(&mut conn).map(|()| conn))
             .and_then(|conn| {
                 conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
                     .map(|()| conn)
@@ -246,15 +274,17 @@ fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult
     {
         return Ok(Appended::Duplicate(earlier));
     }
-    let stored = StoredMessage::stamp(message);
+    let head = room_head(tx, message.room.as_str()).map_err(store_error)?;
+    let stored = StoredMessage::stamp(message, head, now_ms());
     tx.prepare_cached(
-        "INSERT INTO messages (room, id, ts, sender_name, sender_user_id, sender_key, text, client_msg_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (room, id, seq, ts, sender_name, sender_user_id, sender_key, text, client_msg_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut insert| {
         insert.execute(params![
             stored.room.as_str(),
             stored.id.to_string(),
+            stored.seq as i64,
             stored.ts as i64,
             stored.sender.name.as_str(),
             stored.sender.user_id,
@@ -265,6 +295,24 @@ fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult
     })
     .map_err(store_error)?;
     Ok(Appended::New(stored))
+}
+
+/// The room's latest message, as the writer reads it inside its transaction: the next append
+/// follows it.
+fn room_head(conn: &Connection, room: &str) -> rusqlite::Result<RoomHead> {
+    let latest = conn
+        .prepare_cached("SELECT seq, id FROM messages WHERE room = ?1 ORDER BY seq DESC LIMIT 1")?
+        .query_row(params![room], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })
+        .optional()?;
+    Ok(match latest {
+        None => RoomHead::default(),
+        Some((seq, id)) => RoomHead {
+            seq: u64::try_from(seq).unwrap_or_default(),
+            last_id: MessageId::parse(&id).ok(),
+        },
+    })
 }
 
 fn find_by_client_msg_id(
@@ -291,10 +339,12 @@ fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let ts: i64 = row.get(2)?;
     let name: String = row.get(3)?;
     let client_msg_id: Option<String> = row.get(6)?;
+    let seq: i64 = row.get(7)?;
     Ok(StoredMessage {
         room: RoomName::parse(&room).map_err(|e| bad(0, e))?,
         id: MessageId::parse(&id).map_err(|e| bad(1, e))?,
         ts: u64::try_from(ts).unwrap_or_default(),
+        seq: u64::try_from(seq).unwrap_or_default(),
         sender: Member {
             name: DisplayName::parse(&name).map_err(|e| bad(3, e))?,
             user_id: row.get(4)?,
@@ -325,6 +375,16 @@ impl MessageStore for SqliteMessages {
             .map_err(|_| store_error("the message store writer has stopped"))?
     }
 
+    async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
+        let room = room.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM messages WHERE room = ?1")?
+                .query_row(params![room], |row| row.get::<_, i64>(0))
+                .map(|seq| u64::try_from(seq).unwrap_or_default())
+        })
+        .await
+    }
+
     async fn find_by_client_msg_id(
         &self,
         room: &RoomName,
@@ -345,29 +405,35 @@ impl MessageStore for SqliteMessages {
         self.read(move |conn| {
             // One row past the page tells whether there is more.
             let fetch = (limit + 1) as i64;
+            // Ids and seqs sort alike within a room; each cursor uses its own index.
             let (sql, position) = match cursor {
                 Cursor::Latest => ("WHERE room = ?1 ORDER BY id DESC LIMIT ?2", None),
                 Cursor::Before(id) => (
                     "WHERE room = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2",
-                    Some(id),
+                    Some(id.to_string().into()),
                 ),
                 Cursor::After(id) => (
                     "WHERE room = ?1 AND id > ?3 ORDER BY id ASC LIMIT ?2",
-                    Some(id),
+                    Some(id.to_string().into()),
+                ),
+                Cursor::AfterSeq(seq) => (
+                    "WHERE room = ?1 AND seq > ?3 ORDER BY seq ASC LIMIT ?2",
+                    // Past SQLite's integers: after everything.
+                    Some(i64::try_from(seq).unwrap_or(i64::MAX).into()),
                 ),
             };
             let mut statement =
                 conn.prepare_cached(&format!("SELECT {COLUMNS} FROM messages {sql}"))?;
             let rows = match position {
                 None => statement.query_map(params![room, fetch], read_message)?,
-                Some(id) => {
-                    statement.query_map(params![room, fetch, id.to_string()], read_message)?
+                Some::<rusqlite::types::Value>(position) => {
+                    statement.query_map(params![room, fetch, position], read_message)?
                 }
             };
             let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
             let has_more = messages.len() > limit;
             messages.truncate(limit);
-            if !matches!(cursor, Cursor::After(_)) {
+            if matches!(cursor, Cursor::Latest | Cursor::Before(_)) {
                 messages.reverse();
             }
             Ok(Page { messages, has_more })

@@ -85,3 +85,57 @@ async fn appends_after_close_fail_cleanly() {
             .is_err()
     );
 }
+
+/// A file written by version 1 (no `seq`) opens with each room's messages numbered in id order,
+/// and appends go on from there.
+#[tokio::test]
+async fn a_version_1_file_is_numbered_by_room_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE messages (
+                room TEXT NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL,
+                sender_name TEXT NOT NULL, sender_user_id TEXT, sender_key TEXT NOT NULL,
+                text TEXT NOT NULL, client_msg_id TEXT, PRIMARY KEY (room, id)
+             ) WITHOUT ROWID;
+             CREATE UNIQUE INDEX messages_by_client_msg_id
+                ON messages (room, sender_key, client_msg_id) WHERE client_msg_id IS NOT NULL;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        // Inserted out of id order, in two rooms.
+        for (room, id, text) in [
+            ("a", "0190a0b0-0000-7000-8000-000000000003", "a3"),
+            ("a", "0190a0b0-0000-7000-8000-000000000001", "a1"),
+            ("b", "0190a0b0-0000-7000-8000-000000000002", "b2"),
+            ("a", "0190a0b0-0000-7000-8000-000000000002", "a2"),
+        ] {
+            conn.execute(
+                "INSERT INTO messages VALUES (?1, ?2, 1720000000000, 'ada', NULL, 'n:ada', ?3, NULL)",
+                rusqlite::params![room, id, text],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteMessages::open(&path).unwrap();
+    let page = store.page(&room("a"), Cursor::Latest, 10).await.unwrap();
+    let numbered: Vec<(&str, u64)> = page
+        .messages
+        .iter()
+        .map(|m| (m.text.as_str(), m.seq))
+        .collect();
+    assert_eq!(numbered, [("a1", 1), ("a2", 2), ("a3", 3)]);
+    assert_eq!(store.latest_seq(&room("b")).await.unwrap(), 1);
+    let Appended::New(next) = store.append(message("a", "ada", "a4", None)).await.unwrap() else {
+        panic!("expected a new message");
+    };
+    assert_eq!(next.seq, 4);
+    assert!(next.id > page.messages[2].id);
+    let after = store
+        .page(&room("a"), Cursor::AfterSeq(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(texts(&after), ["a3", "a4"]);
+}

@@ -83,6 +83,17 @@ pub async fn assert_pages_match_the_reference(
         cursors.push(Cursor::Before(id));
         cursors.push(Cursor::After(id));
     }
+    let first_seq = all[0].seq;
+    for seq in [
+        0,
+        first_seq,
+        first_seq + 6,
+        all[n / 2].seq,
+        all[n - 1].seq - 1,
+    ] {
+        cursors.push(Cursor::AfterSeq(seq));
+    }
+    cursors.extend([all[n - 1].seq, all[n - 1].seq + 5, u64::MAX].map(Cursor::AfterSeq));
     let mut limits = vec![1, 5, n - 1, n, 100];
     if n < 100 {
         limits.push(n + 1);
@@ -146,6 +157,41 @@ pub async fn appends_get_increasing_ids_in_the_order_they_are_stored(
     assert!(all.iter().all(|m| Some(m.ts) == m.id.timestamp_ms()));
     let page = store.page(&room("r"), Cursor::Latest, 100).await.unwrap();
     assert_eq!(page.messages, all, "history is in id order, oldest first");
+    assert!(!page.has_more);
+}
+
+pub async fn each_rooms_messages_are_numbered_from_1_without_gaps(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    assert_eq!(
+        store.latest_seq(&room("r")).await.unwrap(),
+        0,
+        "no event yet"
+    );
+    let all = fill(&*store, "r", 12).await;
+    let seqs: Vec<u64> = all.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(store.latest_seq(&room("r")).await.unwrap(), 12);
+    // A retry is the first message, its seq included, and takes no number.
+    let again = store
+        .append(message("r", "ada", "m0", Some("c0")))
+        .await
+        .unwrap();
+    assert_eq!(again, Appended::Duplicate(all[0].clone()));
+    assert_eq!(store.latest_seq(&room("r")).await.unwrap(), 12);
+    // Each room counts its own.
+    let other = append_new(&*store, message("r2", "ada", "x", None)).await;
+    assert_eq!(other.seq, 1);
+    assert_eq!(store.latest_seq(&room("r")).await.unwrap(), 12);
+    let next = append_new(&*store, message("r", "ada", "y", None)).await;
+    assert_eq!(next.seq, 13);
+    // Read back, a page after a seq holds the messages after it, with their seq.
+    let page = store
+        .page(&room("r"), Cursor::AfterSeq(10), 100)
+        .await
+        .unwrap();
+    assert_eq!(page.messages, [all[10].clone(), all[11].clone(), next]);
     assert!(!page.has_more);
 }
 
@@ -405,6 +451,8 @@ pub async fn an_empty_room_has_an_empty_page_in_every_direction(factory: &dyn Me
             Cursor::After(lowest_id()),
             Cursor::Before(highest_id()),
             Cursor::After(highest_id()),
+            Cursor::AfterSeq(0),
+            Cursor::AfterSeq(7),
         ] {
             for limit in [1, 50, 100] {
                 let page = store.page(&room(room_name), cursor, limit).await.unwrap();
@@ -558,8 +606,76 @@ pub async fn concurrent_appends_are_all_stored_once_in_id_order(factory: &dyn Me
     all.splice(0..0, older.messages);
     assert_eq!(all.len(), 200);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let seqs: Vec<u64> = all.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<_>>(),
+        "seq follows id, no gap"
+    );
     let stored: BTreeSet<&str> = all.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(stored.len(), 200, "each message once");
+}
+
+/// Recovery as a client does it, while others write: a reader that asks, again and again, for
+/// what follows the last `seq` it saw never misses a message and never sees one twice, whatever
+/// order the concurrent appends finish in.
+pub async fn a_reader_following_seq_during_concurrent_appends_misses_nothing(
+    factory: &dyn MessageStoreFactory,
+) {
+    const WRITERS: usize = 5;
+    const EACH: usize = 12;
+    let store = factory.fresh().await;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..EACH {
+                    let text = format!("w{w}-{i}");
+                    acked.push(
+                        append_new(&*store, message("r", &format!("w{w}"), &text, None)).await,
+                    );
+                }
+                acked
+            })
+        })
+        .collect();
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<StoredMessage> = Vec::new();
+            let mut idle_rounds = 0;
+            while idle_rounds < 3 {
+                let after = seen.last().map_or(0, |m| m.seq);
+                let page = store
+                    .page(&room("r"), Cursor::AfterSeq(after), 7)
+                    .await
+                    .unwrap();
+                if page.messages.is_empty() && seen.len() == WRITERS * EACH {
+                    idle_rounds += 1;
+                }
+                seen.extend(page.messages);
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+        .await
+        .expect("the reader sees every message within a minute")
+        .unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=(WRITERS * EACH) as u64).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    acked.sort_by_key(|m| m.seq);
+    assert_eq!(seen, acked, "what was acknowledged is what the reader saw");
 }
 
 pub async fn concurrent_appends_with_the_same_client_msg_id_store_one_message(

@@ -93,6 +93,8 @@ macro_rules! message_store_conformance {
             [
                 append_stores_every_field_and_ts_is_the_time_of_the_id,
                 appends_get_increasing_ids_in_the_order_they_are_stored,
+                each_rooms_messages_are_numbered_from_1_without_gaps,
+                a_reader_following_seq_during_concurrent_appends_misses_nothing,
                 a_client_msg_id_is_stored_once_per_sender_and_room,
                 an_authenticated_sender_is_known_by_user_id_not_by_name,
                 messages_without_a_client_msg_id_are_never_duplicates,
