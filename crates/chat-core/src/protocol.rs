@@ -137,7 +137,8 @@ pub enum Action {
     },
     JoinRoom {
         room: RoomName,
-        since: Option<MessageId>,
+        /// `Latest` without `since` or `sinceSeq`; `After(since)`; `AfterSeq(sinceSeq)`.
+        from: Cursor,
     },
     LeaveRoom {
         room: RoomName,
@@ -282,10 +283,20 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
                 client_msg_id,
             }
         }
-        ActionName::JoinRoom => Action::JoinRoom {
-            room: required_room(fields)?,
-            since: optional_message_id(fields, "since")?,
-        },
+        ActionName::JoinRoom => {
+            let room = required_room(fields)?;
+            let since = optional_message_id(fields, "since")?;
+            let since_seq = optional_seq(fields, "sinceSeq")?;
+            let from = match (since, since_seq) {
+                (Some(_), Some(_)) => {
+                    return Err(ChatError::bad_request("give since or sinceSeq, not both"));
+                }
+                (Some(id), None) => Cursor::After(id),
+                (None, Some(seq)) => Cursor::AfterSeq(seq),
+                (None, None) => Cursor::Latest,
+            };
+            Action::JoinRoom { room, from }
+        }
         ActionName::LeaveRoom => Action::LeaveRoom {
             room: required_room(fields)?,
         },
@@ -293,13 +304,17 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             let room = required_room(fields)?;
             let before = optional_message_id(fields, "before")?;
             let after = optional_message_id(fields, "after")?;
-            let cursor = match (before, after) {
-                (Some(_), Some(_)) => {
-                    return Err(ChatError::bad_request("give before or after, not both"));
+            let after_seq = optional_seq(fields, "afterSeq")?;
+            let cursor = match (before, after, after_seq) {
+                (Some(id), None, None) => Cursor::Before(id),
+                (None, Some(id), None) => Cursor::After(id),
+                (None, None, Some(seq)) => Cursor::AfterSeq(seq),
+                (None, None, None) => Cursor::Latest,
+                _ => {
+                    return Err(ChatError::bad_request(
+                        "give one of before, after and afterSeq, not several",
+                    ));
                 }
-                (Some(id), None) => Cursor::Before(id),
-                (None, Some(id)) => Cursor::After(id),
-                (None, None) => Cursor::Latest,
             };
             let limit = match fields.get("limit") {
                 None | Some(Value::Null) => PageLimit::DEFAULT,
@@ -365,6 +380,17 @@ fn optional_message_id(
         .transpose()
 }
 
+/// A sequence number: a JSON integer from 0 (`10.0`, `"10"` and `-1` are refused).
+fn optional_seq(fields: &Map<String, Value>, key: &str) -> Result<Option<u64>, ChatError> {
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+        Some(_) => Err(ChatError::bad_request(format!(
+            "{key} must be an integer from 0"
+        ))),
+    }
+}
+
 /// A serialized server frame: valid UTF-8 JSON, cheap to clone, shared by every recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload(Bytes);
@@ -413,6 +439,7 @@ pub enum ServerFrame<'a> {
         room: &'a RoomName,
         id: MessageId,
         ts: u64,
+        seq: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<&'a ClientMsgId>,
     },
@@ -422,8 +449,10 @@ pub enum ServerFrame<'a> {
         request_id: Option<&'a RequestId>,
         room: &'a RoomName,
         members: &'a [Member],
-        history: &'a [StoredMessage],
-        has_more: bool,
+        /// The room's latest `seq` when the join took effect.
+        seq: u64,
+        #[serde(flatten)]
+        history: HistoryPage<'a>,
     },
     Left {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -434,8 +463,8 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a RequestId>,
         room: &'a RoomName,
-        messages: &'a [StoredMessage],
-        has_more: bool,
+        #[serde(flatten)]
+        page: HistoryPage<'a>,
     },
     Members {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -462,6 +491,59 @@ pub enum ServerFrame<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+}
+
+/// A page of a room's past, as `joined` and `history` hold it: version 1's `messages` (in
+/// `history`) or `history` (in `joined`) for id cursors, version 2's `events` after a `seq`.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryPage<'a> {
+    pub messages: &'a [StoredMessage],
+    pub has_more: bool,
+    /// The field that holds them: `messages`, `history` or `events`.
+    pub field: &'static str,
+}
+
+impl HistoryPage<'_> {
+    /// The field of `joined` or `history` (`frame`) for a page read with `cursor`.
+    pub fn field_for(frame: ActionName, cursor: Cursor) -> &'static str {
+        match (cursor, frame) {
+            (Cursor::AfterSeq(_), _) => "events",
+            (_, ActionName::JoinRoom) => "history",
+            _ => "messages",
+        }
+    }
+}
+
+/// A stored event as `events` lists it: with its `type`, so that clients read every event of a
+/// room the same way (today all are messages; edits, deletes and reactions join them).
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    message: &'a StoredMessage,
+}
+
+impl Serialize for HistoryPage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        if self.field == "events" {
+            let events: Vec<Event<'_>> = self
+                .messages
+                .iter()
+                .map(|message| Event {
+                    kind: "message",
+                    message,
+                })
+                .collect();
+            map.serialize_entry(self.field, &events)?;
+        } else {
+            map.serialize_entry(self.field, self.messages)?;
+        }
+        map.serialize_entry("hasMore", &self.has_more)?;
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

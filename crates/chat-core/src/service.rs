@@ -13,15 +13,14 @@ use serde_json::Value;
 use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
-    ConnectionId, Cursor, DisplayName, Member, MessageId, NewMessage, RequestId, RoomName,
-    StoredMessage,
+    ConnectionId, Cursor, DisplayName, Member, NewMessage, Page, RequestId, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier, StoreError,
 };
 use crate::protocol::{
-    Action, ChatError, ErrorCode, Inbound, Payload, PresenceEvent, Rejection, Reply, Request,
-    ServerFrame, parse_frame,
+    Action, ActionName, ChatError, ErrorCode, HistoryPage, Inbound, Payload, PresenceEvent,
+    Rejection, Reply, Request, ServerFrame, parse_frame,
 };
 
 /// Who is connecting, as the gateway read it from the handshake.
@@ -292,10 +291,9 @@ impl Chat {
                 };
                 self.send_message(&me, request_id, new).await.map(Some)
             }
-            Action::JoinRoom { room, since } => self
-                .join_room(&me, request_id, room, *since)
-                .await
-                .map(Some),
+            Action::JoinRoom { room, from } => {
+                self.join_room(&me, request_id, room, *from).await.map(Some)
+            }
             Action::LeaveRoom { room } => self.leave_room(&me, request_id, room).await.map(Some),
             Action::History {
                 room,
@@ -307,12 +305,23 @@ impl Chat {
                     .page(room, *cursor, limit.get())
                     .await
                     .map_err(internal)?;
-                Ok(Some(Payload::encode(&ServerFrame::History {
-                    request_id,
-                    room,
-                    messages: &page.messages,
-                    has_more: page.has_more,
-                })))
+                let field = HistoryPage::field_for(ActionName::History, *cursor);
+                Ok(Some(fit_reply(
+                    &page,
+                    *cursor,
+                    &[],
+                    |messages, has_more, _| {
+                        Payload::encode(&ServerFrame::History {
+                            request_id,
+                            room,
+                            page: HistoryPage {
+                                messages,
+                                has_more,
+                                field,
+                            },
+                        })
+                    },
+                )))
             }
             Action::Members { room } => {
                 let members = self
@@ -320,11 +329,19 @@ impl Chat {
                     .room_members(room, self.config.max_members_listed)
                     .await
                     .map_err(internal)?;
-                Ok(Some(Payload::encode(&ServerFrame::Members {
-                    request_id,
-                    room,
-                    members: &members,
-                })))
+                let none = Page::default();
+                Ok(Some(fit_reply(
+                    &none,
+                    Cursor::Latest,
+                    &members,
+                    |_, _, members| {
+                        Payload::encode(&ServerFrame::Members {
+                            request_id,
+                            room,
+                            members,
+                        })
+                    },
+                )))
             }
             Action::Typing { room } => {
                 self.notify_room(
@@ -400,7 +417,7 @@ impl Chat {
         me: &ConnectionRecord,
         request_id: Option<&RequestId>,
         room: &RoomName,
-        since: Option<MessageId>,
+        from: Cursor,
     ) -> Result<Payload, ChatError> {
         let outcome = self
             .connections
@@ -420,19 +437,23 @@ impl Chat {
             }
             JoinOutcome::NoConnection => return Err(ChatError::internal()),
         }
-        let (cursor, limit) = match since {
-            Some(since) => (Cursor::After(since), self.config.recovery_history),
-            None => (Cursor::Latest, self.config.join_history),
+        let limit = match from {
+            Cursor::Latest => self.config.join_history,
+            _ => self.config.recovery_history,
         };
+        // The room's seq is read before its page: whatever is stored after it is in the page or
+        // reaches this connection live (it is a member now), so a client that goes on from
+        // `seq`, or from the last event it holds, misses nothing.
         let read = async {
-            let page = self.messages.page(room, cursor, limit).await?;
+            let seq = self.messages.latest_seq(room).await?;
+            let page = self.messages.page(room, from, limit).await?;
             let members = self
                 .connections
                 .room_members(room, self.config.max_members_listed)
                 .await?;
-            Ok::<_, StoreError>((page, members))
+            Ok::<_, StoreError>((seq, page, members))
         };
-        let (page, members) = match read.await {
+        let (seq, page, members) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 // Undo a fresh join, so that a retry joins again and tells the room.
@@ -455,13 +476,25 @@ impl Chat {
             .await
             .map_err(internal)?;
         }
-        Ok(Payload::encode(&ServerFrame::Joined {
-            request_id,
-            room,
-            members: &members,
-            history: &page.messages,
-            has_more: page.has_more,
-        }))
+        let field = HistoryPage::field_for(ActionName::JoinRoom, from);
+        Ok(fit_reply(
+            &page,
+            from,
+            &members,
+            |messages, has_more, members| {
+                Payload::encode(&ServerFrame::Joined {
+                    request_id,
+                    room,
+                    members,
+                    seq,
+                    history: HistoryPage {
+                        messages,
+                        has_more,
+                        field,
+                    },
+                })
+            },
+        ))
     }
 
     async fn leave_room(
@@ -544,12 +577,63 @@ impl Chat {
 /// timeout for WebSocket APIs is at most 29 seconds (API Gateway quotas), and a second more.
 pub const CONNECTING_WINDOW_MS: u64 = 30_000;
 
+/// The largest frame API Gateway delivers to a client: 128 KB, for a route response as for a
+/// `PostToConnection` ("WebSocket API message payload size": Amazon API Gateway quotas for
+/// configuring and running a WebSocket API). A bigger one never reaches the client.
+pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+
+/// Encodes a reply that holds a page of messages and a member list, so that it fits in
+/// [`MAX_FRAME_BYTES`]: messages are left out from the far end of the page (the oldest of a page
+/// read backwards, the newest of one read forwards), so that the page stays a page in the
+/// direction of its query and `hasMore` tells the client to read on; only when no message is
+/// left are members left out. `encode` builds the frame from what is kept.
+fn fit_reply(
+    page: &Page,
+    cursor: Cursor,
+    members: &[Member],
+    encode: impl Fn(&[StoredMessage], bool, &[Member]) -> Payload,
+) -> Payload {
+    let forward = matches!(cursor, Cursor::After(_) | Cursor::AfterSeq(_));
+    let (mut messages, mut members) = (page.messages.as_slice(), members);
+    loop {
+        let shortened = messages.len() < page.messages.len();
+        let payload = encode(messages, page.has_more || shortened, members);
+        let size = payload.bytes().len();
+        if size <= MAX_FRAME_BYTES || (messages.is_empty() && members.is_empty()) {
+            return payload;
+        }
+        let mut excess = size - MAX_FRAME_BYTES;
+        // Each item costs its JSON and a comma; drop until that much is gone (at least one).
+        let cost = |json: Result<Vec<u8>, _>| json.map_or(1, |j: Vec<u8>| j.len() + 1);
+        if !messages.is_empty() {
+            while excess > 0 && !messages.is_empty() {
+                let (dropped, rest) = if forward {
+                    let (rest, last) = messages.split_at(messages.len() - 1);
+                    (&last[0], rest)
+                } else {
+                    let (first, rest) = messages.split_at(1);
+                    (&first[0], rest)
+                };
+                excess = excess.saturating_sub(cost(serde_json::to_vec(dropped)));
+                messages = rest;
+            }
+        } else {
+            while excess > 0 && !members.is_empty() {
+                let (rest, last) = members.split_at(members.len() - 1);
+                excess = excess.saturating_sub(cost(serde_json::to_vec(&last[0])));
+                members = rest;
+            }
+        }
+    }
+}
+
 fn ack(request_id: Option<&RequestId>, message: &StoredMessage) -> Payload {
     Payload::encode(&ServerFrame::Ack {
         request_id,
         room: &message.room,
         id: message.id,
         ts: message.ts,
+        seq: message.seq,
         client_msg_id: message.client_msg_id.as_ref(),
     })
 }

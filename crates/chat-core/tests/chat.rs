@@ -828,3 +828,172 @@ async fn a_failing_store_answers_internal_shows_nothing_to_others_and_keeps_serv
         .unwrap();
     assert!(pong.payload.to_text().contains("pong"), "it keeps serving");
 }
+
+#[tokio::test]
+async fn every_message_carries_its_rooms_seq_and_joined_the_latest() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let joined = h
+        .send(&ada, json!({"action":"joinRoom","room":"r"}))
+        .await
+        .unwrap();
+    assert_eq!(joined["seq"], 0, "a room with no message yet");
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let ack = h
+            .send(&ada, json!({"action":"sendMessage","room":"r","text":text}))
+            .await
+            .unwrap();
+        assert_eq!(ack["seq"], i + 1);
+        let events = h.events_for(&ada);
+        assert_eq!(events[0]["type"], "message");
+        assert_eq!(events[0]["seq"], i + 1);
+    }
+    // Each room counts its own.
+    let ack = h
+        .send(&ada, json!({"action":"sendMessage","text":"in lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(ack["seq"], 1);
+    let joined = h
+        .send(&ada, json!({"action":"joinRoom","room":"r"}))
+        .await
+        .unwrap();
+    assert_eq!(joined["seq"], 3);
+    let seqs: Vec<&Value> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn joining_with_since_seq_answers_the_events_after_it_and_history_pages_on_with_after_seq() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    for i in 1..=130 {
+        h.send(
+            &ada,
+            json!({"action":"sendMessage","room":"r","text":format!("m{i}")}),
+        )
+        .await;
+        h.clock.fetch_add(100, Ordering::SeqCst);
+    }
+    let bob = h.connect("bob").await;
+    let joined = h
+        .send(
+            &bob,
+            json!({"action":"joinRoom","room":"r","sinceSeq":20,"requestId":"j"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(joined["requestId"], "j");
+    assert_eq!(joined["seq"], 130);
+    assert!(joined.get("history").is_none(), "events, not history");
+    let events = joined["events"].as_array().unwrap();
+    assert_eq!(events.len(), 100, "at most 100");
+    assert_eq!(joined["hasMore"], true);
+    assert_eq!(events[0]["type"], "message");
+    assert_eq!(events[0]["seq"], 21);
+    assert_eq!(events[0]["text"], "m21");
+    assert_eq!(events[99]["seq"], 120);
+    let rest = h
+        .send(
+            &bob,
+            json!({"action":"history","room":"r","afterSeq":120,"limit":100}),
+        )
+        .await
+        .unwrap();
+    assert!(rest.get("messages").is_none());
+    let rest_events = rest["events"].as_array().unwrap();
+    let seqs: Vec<u64> = rest_events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (121..=130).collect::<Vec<_>>());
+    assert_eq!(rest["hasMore"], false);
+    // Past the latest: nothing, and no more.
+    let none = h
+        .send(&bob, json!({"action":"joinRoom","room":"r","sinceSeq":130}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (none["events"].as_array().unwrap().len(), &none["hasMore"]),
+        (0, &json!(false))
+    );
+    // Both ways of recovering at once, or every cursor of history at once, is not a position.
+    for frame in [
+        json!({"action":"joinRoom","room":"r","sinceSeq":1,"since":events[0]["id"]}),
+        json!({"action":"history","room":"r","afterSeq":1,"after":events[0]["id"]}),
+        json!({"action":"history","room":"r","afterSeq":1,"before":events[0]["id"]}),
+        json!({"action":"joinRoom","room":"r","sinceSeq":-1}),
+        json!({"action":"joinRoom","room":"r","sinceSeq":1.5}),
+        json!({"action":"history","room":"r","afterSeq":"3"}),
+    ] {
+        let reply = h.send(&bob, frame.clone()).await.unwrap();
+        assert_eq!(reply["code"], "bad_request", "{frame}");
+    }
+}
+
+/// API Gateway delivers no frame over 128 KB: a page of long messages is shortened to fit, from
+/// its far end, and says there is more.
+#[tokio::test]
+async fn joined_and_history_replies_fit_in_128_kb_and_say_there_is_more() {
+    const LIMIT: usize = 128 * 1024;
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    h.send(&ada, json!({"action":"joinRoom","room":"r"})).await;
+    // 60 messages of 4000 four-byte characters: 16 KB each, about 1 MB together.
+    for i in 0..60 {
+        h.clock.fetch_add(1000, Ordering::SeqCst);
+        let text = format!("{i:03}{}", "😀".repeat(3997));
+        h.send(&ada, json!({"action":"sendMessage","room":"r","text":text}))
+            .await
+            .unwrap();
+    }
+    let size = |frame: &Value| frame.to_string().len();
+    let seqs = |list: &Value| -> Vec<u64> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // The latest: the newest that fit, oldest first, hasMore for the older ones.
+    let joined = h
+        .send(&ada, json!({"action":"joinRoom","room":"r"}))
+        .await
+        .unwrap();
+    assert!(size(&joined) <= LIMIT, "{} bytes", size(&joined));
+    let latest = seqs(&joined["history"]);
+    assert!(latest.len() >= 7, "as many as fit: {latest:?}");
+    assert_eq!(*latest.last().unwrap(), 60, "the newest kept");
+    assert_eq!(joined["hasMore"], true);
+    // Forward pages keep the oldest: the client reads on from its last.
+    let recovered = h
+        .send(&ada, json!({"action":"joinRoom","room":"r","sinceSeq":0}))
+        .await
+        .unwrap();
+    assert!(size(&recovered) <= LIMIT);
+    let first = seqs(&recovered["events"]);
+    assert_eq!(first[0], 1);
+    assert_eq!(recovered["hasMore"], true);
+    let next = h
+        .send(
+            &ada,
+            json!({"action":"history","room":"r","afterSeq":first.last().unwrap(),"limit":100}),
+        )
+        .await
+        .unwrap();
+    assert!(size(&next) <= LIMIT);
+    assert_eq!(seqs(&next["events"])[0], first.last().unwrap() + 1);
+    let back = h
+        .send(&ada, json!({"action":"history","room":"r","limit":100}))
+        .await
+        .unwrap();
+    assert!(size(&back) <= LIMIT);
+    assert_eq!(*seqs(&back["messages"]).last().unwrap(), 60);
+    assert_eq!(back["hasMore"], true);
+}
