@@ -10,7 +10,7 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chat_aws::testing::{fresh_tables, sdk_config};
+use chat_aws::testing::fresh_tables;
 use chat_aws::{DynamoConnections, DynamoMessages, Tables};
 use chat_core::domain::{ConnectionId, Cursor, RoomName};
 use chat_core::memory::page_of;
@@ -347,85 +347,8 @@ async fn the_rate_limit_holds_across_two_store_instances() {
     );
 }
 
-/// A client of moto whose requests reach it one at a time.
-///
-/// moto checks a write's condition and then writes, in two steps, and undoes a cancelled
-/// transaction by restoring a copy of each table it touched, taken when it began: two requests at
-/// once on one table can both pass a condition, and a cancelled transaction throws away what
-/// others wrote meanwhile (seen here: a sequential retry of an appended message stored it again,
-/// its idempotency key lost to another append's rollback). DynamoDB makes each request atomic.
-/// One request at a time, moto does too, while the stores' calls still interleave between
-/// requests as they do on DynamoDB: the suites' concurrency tests race the stores' conditional
-/// writes for real. Each test has its own client, so the tests still run side by side.
+/// A client of moto whose requests reach it one at a time
+/// ([`chat_aws::testing::one_request_at_a_time`] says why).
 async fn one_request_at_a_time() -> Client {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config().await)
-        .http_client(serial::OneAtATime::new(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                .build_https(),
-        ))
-        .build();
-    Client::from_conf(config)
-}
-
-mod serial {
-    use std::sync::Arc;
-
-    use aws_smithy_runtime_api::client::http::{
-        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-        SharedHttpConnector,
-    };
-    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-    use tokio::sync::Semaphore;
-
-    /// An HTTP client whose connectors share one turn: a request waits for the one before it.
-    #[derive(Debug)]
-    pub struct OneAtATime {
-        inner: SharedHttpClient,
-        turn: Arc<Semaphore>,
-    }
-
-    impl OneAtATime {
-        pub fn new(inner: SharedHttpClient) -> Self {
-            Self {
-                inner,
-                turn: Arc::new(Semaphore::new(1)),
-            }
-        }
-    }
-
-    impl HttpClient for OneAtATime {
-        fn http_connector(
-            &self,
-            settings: &HttpConnectorSettings,
-            components: &RuntimeComponents,
-        ) -> SharedHttpConnector {
-            SharedHttpConnector::new(InTurn {
-                inner: self.inner.http_connector(settings, components),
-                turn: self.turn.clone(),
-            })
-        }
-    }
-
-    #[derive(Debug)]
-    struct InTurn {
-        inner: SharedHttpConnector,
-        turn: Arc<Semaphore>,
-    }
-
-    impl HttpConnector for InTurn {
-        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-            let (inner, turn) = (self.inner.clone(), self.turn.clone());
-            HttpConnectorFuture::new(async move {
-                // moto answers once the request is done: the turn ends with the response head.
-                let _turn = turn
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                inner.call(request).await
-            })
-        }
-    }
+    Client::new(&chat_aws::testing::one_request_at_a_time().await)
 }

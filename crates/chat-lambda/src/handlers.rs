@@ -16,6 +16,7 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::query_map::QueryMap;
 use chat_aws::{DynamoConnections, DynamoMessages, ManagementClients};
+use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::ConnectionId;
 use chat_core::ports::{ConnectionStore, MessageStore, Notifier};
 use chat_core::protocol::{ChatError, Inbound, Payload, Rejection};
@@ -52,6 +53,7 @@ pub struct Handlers {
     notifiers: Arc<dyn Notifiers>,
     chat: ChatConfig,
     endpoint: ManagementEndpoint,
+    clock: Clock,
 }
 
 impl Handlers {
@@ -67,6 +69,7 @@ impl Handlers {
             notifiers,
             chat,
             endpoint: ManagementEndpoint::default(),
+            clock: Arc::new(now_ms),
         }
     }
 
@@ -77,10 +80,17 @@ impl Handlers {
 
     /// The AWS adapters: DynamoDB stores and the management API, on one SDK configuration.
     pub fn on_aws(sdk: &SdkConfig, config: &Config) -> Self {
+        Self::on_aws_with_clock(sdk, config, Arc::new(now_ms))
+    }
+
+    /// [`Handlers::on_aws`] in a container whose clock is `clock` (the local Lambda mode skews
+    /// its containers' clocks, as different machines' are).
+    pub fn on_aws_with_clock(sdk: &SdkConfig, config: &Config, clock: Clock) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let connections = DynamoConnections::new(dynamodb.clone(), config.tables.clone())
             .with_ttl(config.connection_ttl);
-        let messages = DynamoMessages::new(dynamodb, config.tables.clone());
+        let messages =
+            DynamoMessages::new(dynamodb, config.tables.clone()).with_clock(clock.clone());
         let notifiers = ManagementClients::new(sdk.clone(), config.fanout_concurrency);
         Self::new(
             Arc::new(connections),
@@ -89,6 +99,13 @@ impl Handlers {
             config.chat.clone(),
         )
         .with_management_endpoint(config.management_endpoint.clone())
+        .with_clock(clock)
+    }
+
+    /// The clock of the chat (the rate limit, `connectedAt` when an event has none).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// `$connect`: 200, or the status of the refusal (400 bad name, 500 store failure...).
@@ -204,7 +221,8 @@ impl Handlers {
             self.messages.clone(),
             self.notifiers.for_endpoint(&endpoint),
             self.chat.clone(),
-        );
+        )
+        .with_clock(self.clock.clone());
         Ok((id, chat))
     }
 }

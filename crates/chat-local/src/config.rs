@@ -100,6 +100,18 @@ pub struct Settings {
     #[arg(long, env = "CHAT_CREATE_TABLES")]
     pub create_tables: bool,
 
+    /// Lambda mode: how many frames of one connection are handled at once. API Gateway invokes
+    /// the integration for each frame as it arrives, without waiting for the previous one
+    /// (bounded only by the account's Lambda concurrency): pipelined frames run concurrently.
+    #[arg(long, env = "CHAT_LAMBDA_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub lambda_concurrency: u16,
+
+    /// Lambda mode: the function containers' clocks are this many milliseconds apart (the
+    /// first on time, then one ahead, one behind, ...), as the clocks of different machines
+    /// are. For tests of what clock skew does.
+    #[arg(long, env = "CHAT_LAMBDA_CLOCK_SKEW_MS", default_value_t = 0)]
+    pub lambda_clock_skew_ms: u64,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 

@@ -16,6 +16,8 @@
 //! `requestContext.authorizer` of every event of that connection, as on AWS.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,9 +48,79 @@ pub async fn sdk_config_from_env() -> SdkConfig {
         .await
 }
 
+/// The function's containers, as Lambda runs them: an invocation takes an idle container, or
+/// starts a new one when all are busy (a cold start); each container handles one invocation at
+/// a time and keeps its own state (its SDK clients, its cache of room heads, its clock).
+struct Containers {
+    idle: std::sync::Mutex<Vec<Arc<Handlers>>>,
+    started: AtomicUsize,
+    start: Box<dyn Fn(usize) -> Handlers + Send + Sync>,
+}
+
+impl Containers {
+    fn new(start: impl Fn(usize) -> Handlers + Send + Sync + 'static) -> Self {
+        Self {
+            idle: Default::default(),
+            started: AtomicUsize::new(0),
+            start: Box::new(start),
+        }
+    }
+
+    /// An idle container, or a new one; it goes back when the returned guard is dropped.
+    fn take(&self) -> Container<'_> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let handlers = idle.unwrap_or_else(|| {
+            let n = self.started.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(container = n, "a new function container");
+            Arc::new((self.start)(n))
+        });
+        Container {
+            handlers: Some(handlers),
+            pool: self,
+        }
+    }
+}
+
+struct Container<'a> {
+    handlers: Option<Arc<Handlers>>,
+    pool: &'a Containers,
+}
+
+impl std::ops::Deref for Container<'_> {
+    type Target = Handlers;
+
+    fn deref(&self) -> &Handlers {
+        self.handlers.as_deref().expect("present until dropped")
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        if let Some(handlers) = self.handlers.take() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(handlers);
+        }
+    }
+}
+
+/// The clock of container `n` when containers' clocks are `skew_ms` apart: on time, ahead,
+/// behind, twice ahead, twice behind, ...
+fn container_clock(n: usize, skew_ms: u64) -> chat_core::clock::Clock {
+    let steps = n.div_ceil(2) as i64;
+    let offset = if n % 2 == 1 { steps } else { -steps } * skew_ms as i64;
+    Arc::new(move || chat_core::clock::now_ms().saturating_add_signed(offset))
+}
+
 /// The Lambda handlers behind the local gateway.
 pub struct LambdaBackend {
-    handlers: Handlers,
+    containers: Containers,
     /// The `$connect` authorizer, when authentication is on.
     authorizer: Option<Authorizer>,
     /// The API the events name: this gateway, so that the handlers post back to it.
@@ -98,8 +170,11 @@ impl LambdaBackend {
             messages = %config.tables.messages,
             "Lambda mode: the Lambda handlers on DynamoDB"
         );
+        let (sdk, skew) = (sdk.clone(), settings.lambda_clock_skew_ms);
         Ok(Self {
-            handlers: Handlers::on_aws(sdk, &config),
+            containers: Containers::new(move |n| {
+                Handlers::on_aws_with_clock(&sdk, &config, container_clock(n, skew))
+            }),
             authorizer,
             api: Api {
                 domain: loopback(addr).to_string(),
@@ -187,7 +262,7 @@ impl Backend for LambdaBackend {
         let Some(event) = to_request(self.api.connect(connection, handshake)) else {
             return Err(Refusal::new(500, "Internal server error"));
         };
-        let response = self.handlers.connect(event).await;
+        let response = self.containers.take().connect(event).await;
         if (200..300).contains(&response.status_code) {
             return Ok(());
         }
@@ -204,14 +279,14 @@ impl Backend for LambdaBackend {
 
     async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
         let event = to_request(self.api.message(connection, inbound))?;
-        let response = self.handlers.message(event).await;
+        let response = self.containers.take().message(event).await;
         // The route response sends the body back to the sender, whatever the status.
         body_text(&response).map(Payload::from_json)
     }
 
     async fn disconnect(&self, connection: &Connection, closed: &Closed) {
         if let Some(event) = to_request(self.api.disconnect(connection, closed)) {
-            self.handlers.disconnect(event).await;
+            self.containers.take().disconnect(event).await;
         }
     }
 
@@ -235,13 +310,18 @@ mod tests {
         use chat_lambda::FixedNotifier;
 
         let secret = b"a secret for the lambda mode test";
+        let connections = Arc::new(MemoryConnections::new());
+        let messages = Arc::new(MemoryMessages::new());
+        let notifier = Arc::new(FixedNotifier(Arc::new(RecordingNotifier::default())));
         let backend = LambdaBackend {
-            handlers: Handlers::new(
-                Arc::new(MemoryConnections::new()),
-                Arc::new(MemoryMessages::new()),
-                Arc::new(FixedNotifier(Arc::new(RecordingNotifier::default()))),
-                chat_core::ChatConfig::default(),
-            ),
+            containers: Containers::new(move |_| {
+                Handlers::new(
+                    connections.clone(),
+                    messages.clone(),
+                    notifier.clone(),
+                    chat_core::ChatConfig::default(),
+                )
+            }),
             authorizer: Some(Authorizer::with_verifier(chat_auth::Verifier::hs256(
                 secret,
             ))),
@@ -298,6 +378,39 @@ mod tests {
             backend.api.disconnect(&ada, &closed)["requestContext"]["authorizer"]["userId"],
             "u-1"
         );
+    }
+
+    #[test]
+    fn container_clocks_spread_around_the_time() {
+        let offsets: Vec<i64> = (0..5)
+            .map(|n| {
+                let (clock, now) = (container_clock(n, 50), chat_core::clock::now_ms() as i64);
+                // Rounded to 10 ms: the two reads are a few microseconds apart.
+                ((clock() as i64 - now) as f64 / 10.0).round() as i64 * 10
+            })
+            .collect();
+        assert_eq!(offsets, [0, 50, -50, 100, -100]);
+    }
+
+    /// Invocations at once run in containers of their own; one after another reuse one.
+    #[test]
+    fn a_busy_container_is_not_shared_and_an_idle_one_is_reused() {
+        let pool = Containers::new(|_| {
+            Handlers::new(
+                Arc::new(chat_core::memory::MemoryConnections::new()),
+                Arc::new(chat_core::memory::MemoryMessages::new()),
+                Arc::new(chat_lambda::FixedNotifier(Arc::new(
+                    chat_core::memory::RecordingNotifier::default(),
+                ))),
+                chat_core::ChatConfig::default(),
+            )
+        });
+        let (a, b) = (pool.take(), pool.take());
+        assert!(!std::ptr::eq(&*a, &*b));
+        assert_eq!(pool.started.load(Ordering::Relaxed), 2);
+        drop((a, b));
+        let _c = pool.take();
+        assert_eq!(pool.started.load(Ordering::Relaxed), 2, "no cold start");
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl TestServer {
     pub async fn start_on(mut settings: Settings) -> Self {
         if lambda_backend() {
             use_lambda(&mut settings);
-            settings.aws = Some(chat_aws::testing::sdk_config().await);
+            // moto makes each request atomic only one at a time (as DynamoDB does at once).
+            settings.aws = Some(chat_aws::testing::one_request_at_a_time().await);
         }
         let listener = tokio::net::TcpListener::bind(settings.addr)
             .await
@@ -177,6 +178,22 @@ impl Client {
                 .expect("frame readable");
             match message {
                 Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next data frame if one comes before `deadline`.
+    pub async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match message.expect("connection open").expect("frame readable") {
+                Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("frame is JSON"));
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
             }
