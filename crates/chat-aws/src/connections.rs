@@ -28,8 +28,20 @@ use crate::db::{
 };
 use crate::tables::{CONNECTION_KEY, Tables};
 
-/// How often a conditional write is tried again when another invocation changed the item first.
-const MAX_ATTEMPTS: usize = 10;
+/// How often a conditional write is tried again when another invocation changed the item first
+/// (API Gateway runs a connection's frames concurrently: several invocations may race for its
+/// item); each retry waits a little longer (see [`after_lost_race`]).
+const MAX_ATTEMPTS: usize = 30;
+
+/// Before attempt `attempt` of a conditional write that lost a race: nothing the first time,
+/// then a random wait in a window that doubles (2, 4, 8 ... 256 ms), so that racers spread out
+/// instead of colliding again.
+async fn after_lost_race(attempt: usize) {
+    if attempt > 0 {
+        let window = 1u64 << attempt.min(8);
+        tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..=window))).await;
+    }
+}
 /// BatchWriteItem's limit.
 const BATCH: usize = 25;
 
@@ -320,7 +332,8 @@ impl ConnectionStore for DynamoConnections {
         room: &RoomName,
         max_rooms: usize,
     ) -> StoreResult<JoinOutcome> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            after_lost_race(attempt).await;
             let Some(connection) = self.load(id).await? else {
                 return Ok(JoinOutcome::NoConnection);
             };
@@ -373,7 +386,8 @@ impl ConnectionStore for DynamoConnections {
     }
 
     async fn leave(&self, id: &ConnectionId, room: &RoomName) -> StoreResult<bool> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            after_lost_race(attempt).await;
             let Some(connection) = self.load(id).await? else {
                 return Ok(false);
             };
@@ -445,7 +459,8 @@ impl ConnectionStore for DynamoConnections {
         limit: RateLimit,
         now_ms: u64,
     ) -> StoreResult<bool> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            after_lost_race(attempt).await;
             let Some(connection) = self.load(id).await? else {
                 return Ok(false);
             };

@@ -1,17 +1,23 @@
 //! [`DynamoMessages`]: each room's messages in its partition of the messages table, sorted by id,
 //! and by `seq` in the table's local index.
 //!
-//! A room's head item holds its latest `seq` and message id. An append reads it, and writes the
-//! message (with the next `seq`, and an id after the head's) in one transaction with the head,
-//! on the condition that the head has not moved: of two containers appending at once, one
-//! commits and the other reads the new head and tries again. So a message becomes visible only
-//! together with its `seq`, every `seq` is used once and in order, and no reader can see `seq`
-//! N+1 before N, whatever the order in which requests finish or the containers' clocks (a clock
-//! behind the head's time takes the head's). A message with a `clientMsgId` also writes its
-//! idempotency key, which must not exist yet: a retry, from any container, finds the key and gets
-//! the first message back.
+//! A room's head item holds its latest visible `seq` and message id, and a ticket counter. An
+//! append takes the next ticket (an atomic `ADD`: never contended), waits for its turn (the head
+//! at the ticket before), and writes its message with `seq` = its ticket and an id after the
+//! head's, in one transaction with the head, on the condition that the head is still at the
+//! ticket before. So messages become visible one after another in `seq` order, every `seq` is
+//! used once, and no reader can see `seq` N+1 before N, whatever the order in which requests
+//! finish or the containers' clocks (a clock behind the head's time takes the head's). Appends
+//! racing in one room queue in ticket order rather than all retrying at once, which would cost a
+//! cancelled transaction each. A writer that died holding a ticket is skipped after
+//! [`STALLED_AFTER`] (its `seq` then never appears); should it wake up, it finds its turn passed
+//! and takes a new ticket.
+//!
+//! A message with a `clientMsgId` also writes its idempotency key, which must not exist yet: a
+//! retry, from any container, finds the key and gets the first message back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -29,9 +35,13 @@ use crate::capacity::{Meter, Units};
 use crate::db::{Db, Item, keys, n, room_key, s, sdk_error, serde_error};
 use crate::tables::{ROOM_KEY, SEQ_ATTRIBUTE, SEQ_INDEX, SORT_KEY, Tables};
 
-/// How long an append may keep losing the race for its room's head (to appends of other
-/// containers) before it fails: well inside API Gateway's 29 s integration timeout.
-const APPEND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an append may wait for its turn before it fails: well inside API Gateway's 29 s
+/// integration timeout.
+const APPEND_DEADLINE: Duration = Duration::from_secs(15);
+/// A head that has not moved for this long, while a later ticket waits, has lost the writer of
+/// its next `seq` (a container that died, or is stuck): the waiter skips that `seq`. A live
+/// writer commits within milliseconds of its turn.
+pub const STALLED_AFTER: Duration = Duration::from_secs(3);
 
 /// A message item: the sort key is its id; `seq` puts it in the local index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,31 +101,31 @@ struct DedupeItem {
     message_id: String,
 }
 
-/// A room's head: its latest `seq` and message id. Its `headSeq` is not `seq`, which keeps it
-/// out of the index of messages.
+/// A room's head: its latest visible `seq` and message id, and the last ticket taken. Its
+/// `headSeq` is not `seq`, which keeps it out of the index of messages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HeadItem {
-    room: String,
-    sk: String,
+    #[serde(default)]
     head_seq: u64,
-    last_id: String,
+    #[serde(default)]
+    last_id: Option<String>,
 }
 
-/// A room's head as this container last saw it, behind the lock that lets one append of this
-/// container at a time race for it (appends of other containers race with it for real).
-type CachedHead = Arc<tokio::sync::Mutex<Option<RoomHead>>>;
+const HEAD_SEQ: &str = "headSeq";
+const LAST_ID: &str = "lastId";
+const NEXT_TICKET: &str = "nextTicket";
 
 /// Messages in DynamoDB.
 pub struct DynamoMessages {
     db: Db,
     /// The clock of new ids (tests skew it, as another container's would be).
     clock: Clock,
-    /// Per room: this container's appends take turns, so that they never race each other for the
-    /// head, and the head each one leaves is the next one's guess (right unless another container
-    /// appended meanwhile, which the condition then tells). One entry per room appended to by
-    /// this container.
-    heads: std::sync::Mutex<std::collections::HashMap<RoomName, CachedHead>>,
+    /// Per room: this process's appends take their turns one after another, so that only other
+    /// processes (containers) wait in the head's queue, each with one append at a time, rather
+    /// than every pending append of this one asking the table whether its turn has come. One
+    /// entry per room appended to.
+    turns: std::sync::Mutex<std::collections::HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DynamoMessages {
@@ -123,17 +133,8 @@ impl DynamoMessages {
         Self {
             db: Db::new(client, tables),
             clock: Arc::new(now_ms),
-            heads: Default::default(),
+            turns: Default::default(),
         }
-    }
-
-    fn cached_head(&self, room: &RoomName) -> CachedHead {
-        self.heads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(room.clone())
-            .or_default()
-            .clone()
     }
 
     /// Replaces the clock that times new ids.
@@ -147,9 +148,100 @@ impl DynamoMessages {
         head_of(item)
     }
 
-    /// One attempt at appending after `head`: what the transaction did.
-    async fn try_append(&self, message: &NewMessage, head: RoomHead) -> StoreResult<Attempt> {
+    /// The next ticket of the room (the `seq` its next append will have, if all goes well), and
+    /// where the head was when it was taken.
+    async fn take_ticket(&self, room: &RoomName) -> StoreResult<(u64, RoomHead)> {
+        let out = self
+            .db
+            .client
+            .update_item()
+            .table_name(&self.db.tables.messages)
+            .set_key(Some(room_key(room.as_str(), keys::HEAD)))
+            .update_expression("ADD #ticket :one")
+            .expression_attribute_names("#ticket", NEXT_TICKET)
+            .expression_attribute_values(":one", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .set_return_consumed_capacity(self.db.capacity())
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem", e))?;
+        self.db
+            .record("UpdateItem", Units::Write, out.consumed_capacity());
+        let ticket = match out.attributes.as_ref().and_then(|a| a.get(NEXT_TICKET)) {
+            Some(AttributeValue::N(ticket)) => ticket.parse().map_err(StoreError::new)?,
+            other => return Err(StoreError(format!("no ticket in the head: {other:?}"))),
+        };
+        Ok((ticket, head_of(out.attributes)?))
+    }
+
+    /// The update that moves the head from `from` (the seq before `to`) to `to`, with `last_id`.
+    fn move_head(
+        &self,
+        room: &RoomName,
+        from: u64,
+        to: u64,
+        last_id: Option<MessageId>,
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        let update = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.db.tables.messages)
+            .set_key(Some(room_key(room.as_str(), keys::HEAD)))
+            .expression_attribute_names("#headSeq", HEAD_SEQ)
+            .expression_attribute_values(":to", n(to));
+        let update = match last_id {
+            Some(id) => update
+                .update_expression("SET #headSeq = :to, #lastId = :id")
+                .expression_attribute_names("#lastId", LAST_ID)
+                .expression_attribute_values(":id", s(id.to_string())),
+            None => update.update_expression("SET #headSeq = :to"),
+        };
+        // The head must still be at the seq before: this writer's turn.
+        let update = if from == 0 {
+            update.condition_expression("attribute_not_exists(#headSeq)")
+        } else {
+            update
+                .condition_expression("#headSeq = :from")
+                .expression_attribute_values(":from", n(from))
+        };
+        // When it is not, the cancellation carries where the head is: no read needed.
+        update.return_values_on_condition_check_failure(
+            aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+        )
+    }
+
+    /// Passes a turn without a message: the head moves from `head` to the next seq, which no
+    /// message will have (a stalled writer's, or one whose message was a duplicate). False when
+    /// the head was not at `head` any more.
+    async fn skip(&self, room: &RoomName, head: RoomHead) -> StoreResult<bool> {
+        let update = self
+            .move_head(room, head.seq, head.seq + 1, None)
+            .build()
+            .map_err(StoreError::new)?;
+        let result = self
+            .db
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("TransactWriteItems", e)),
+        }
+    }
+
+    /// Writes the message at its turn (`head` is at the seq before `ticket`): what the
+    /// transaction did.
+    async fn commit(
+        &self,
+        message: &NewMessage,
+        head: RoomHead,
+        ticket: u64,
+    ) -> StoreResult<Attempt> {
         let stored = StoredMessage::stamp(message.clone(), head, (self.clock)());
+        debug_assert_eq!(stored.seq, ticket);
         let table = &self.db.tables.messages;
         let put_message = Put::builder()
             .table_name(table)
@@ -158,37 +250,15 @@ impl DynamoMessages {
             ))
             .build()
             .map_err(StoreError::new)?;
-        let new_head = HeadItem {
-            room: stored.room.as_str().to_owned(),
-            sk: keys::HEAD.to_owned(),
-            head_seq: stored.seq,
-            last_id: stored.id.to_string(),
-        };
-        let put_head = Put::builder()
-            .table_name(table)
-            .set_item(Some(serde_dynamo::to_item(new_head).map_err(serde_error)?));
-        // The head must be where this append read it.
-        let put_head = if head.seq == 0 {
-            put_head
-                .condition_expression("attribute_not_exists(#sk)")
-                .expression_attribute_names("#sk", SORT_KEY)
-        } else {
-            put_head
-                .condition_expression("#headSeq = :read")
-                .expression_attribute_names("#headSeq", "headSeq")
-                .expression_attribute_values(":read", n(head.seq))
-        }
-        // When the head moved, the cancellation carries where it is now: no read needed.
-        .return_values_on_condition_check_failure(
-            aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
-        )
-        .build()
-        .map_err(StoreError::new)?;
+        let move_head = self
+            .move_head(&stored.room, head.seq, stored.seq, Some(stored.id))
+            .build()
+            .map_err(StoreError::new)?;
         let mut transaction = self
             .db
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_head).build())
+            .transact_items(TransactWriteItem::builder().update(move_head).build())
             .transact_items(TransactWriteItem::builder().put(put_message).build());
         if let Some(client_msg_id) = &stored.client_msg_id {
             let dedupe = DedupeItem {
@@ -216,8 +286,9 @@ impl DynamoMessages {
                     .record("TransactWriteItems", Units::Write, out.consumed_capacity());
                 Ok(Attempt::Stored(stored))
             }
-            // Nothing was written: the head moved (another append committed first, or is
-            // committing: `TransactionConflict`), or the idempotency key exists.
+            // Nothing was written: the head was not at the seq before (a stalled-writer skip
+            // passed this turn; or `TransactionConflict`: another request on these items is
+            // under way), or the idempotency key exists.
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
                 let reasons = match e.err() {
                     TransactWriteItemsError::TransactionCanceledException(cancelled) => {
@@ -225,16 +296,14 @@ impl DynamoMessages {
                     }
                     _ => &[],
                 };
-                let failed = |index: usize| {
-                    reasons
-                        .get(index)
-                        .and_then(|reason| reason.code())
-                        .is_some_and(|code| code != "None")
-                };
+                let code = |index: usize| reasons.get(index).and_then(|reason| reason.code());
+                let failed = |index: usize| code(index).is_some_and(|code| code != "None");
                 // Reasons are in the order of the items: head, message, idempotency key. When
                 // DynamoDB gives none, look for the key to know.
                 if stored.client_msg_id.is_some() && (failed(2) || reasons.is_empty()) {
-                    return Ok(Attempt::KeyExists);
+                    return Ok(Attempt::KeyExists {
+                        my_turn: !reasons.is_empty() && !failed(0),
+                    });
                 }
                 let now = match reasons.first() {
                     Some(reason) if reason.code() == Some("ConditionalCheckFailed") => reason
@@ -243,7 +312,7 @@ impl DynamoMessages {
                         .transpose()?,
                     _ => None,
                 };
-                Ok(Attempt::HeadMoved(now))
+                Ok(Attempt::NotMyTurn(now))
             }
             Err(e) => Err(sdk_error("TransactWriteItems", e)),
         }
@@ -359,74 +428,115 @@ fn head_of(item: Option<Item>) -> StoreResult<RoomHead> {
     let head: HeadItem = serde_dynamo::from_item(item).map_err(serde_error)?;
     Ok(RoomHead {
         seq: head.head_seq,
-        last_id: Some(MessageId::parse(&head.last_id).map_err(|e| StoreError::new(e.0))?),
+        last_id: head
+            .last_id
+            .map(|id| MessageId::parse(&id).map_err(|e| StoreError::new(e.0)))
+            .transpose()?,
     })
 }
 
-/// What one attempt at an append did.
+/// What one attempt at committing an append did.
 enum Attempt {
     Stored(StoredMessage),
-    /// Another append moved the room's head since it was read: where it is now, when DynamoDB
-    /// said.
-    HeadMoved(Option<RoomHead>),
-    /// The idempotency key exists (or may: DynamoDB gave no reasons).
-    KeyExists,
+    /// The head was not at the seq before the ticket: where it is, when DynamoDB said.
+    NotMyTurn(Option<RoomHead>),
+    /// The idempotency key exists (or may: DynamoDB gave no reasons); `my_turn`: the head was
+    /// at the seq before the ticket, so this append must pass its turn on.
+    KeyExists {
+        my_turn: bool,
+    },
 }
 
 #[async_trait]
 impl MessageStore for DynamoMessages {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        let cached = self.cached_head(&message.room);
-        let mut cached = cached.lock().await;
+        let room = &message.room;
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(room.clone())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
         let deadline = tokio::time::Instant::now() + APPEND_DEADLINE;
-        let mut lost = 0u32;
+        // A retry found before it takes a ticket takes no seq. (One that races with its first
+        // send and loses finds the key at its commit, and passes its turn on unused.)
+        if let Some(client_msg_id) = &message.client_msg_id {
+            let sender_key = message.sender.sender_key();
+            if let Some(earlier) = self
+                .find_by_client_msg_id(room, &sender_key, client_msg_id)
+                .await?
+            {
+                return Ok(Appended::Duplicate(earlier));
+            }
+        }
+        let (mut ticket, mut head) = self.take_ticket(room).await?;
+        // When this append first saw the head where it is, to tell a stalled writer; and how
+        // long a turn takes here, as seen (each wait is about the turns ahead times that).
+        let mut unchanged_since = (head.seq, tokio::time::Instant::now());
+        let mut turn_ms = 10.0_f64;
         while tokio::time::Instant::now() < deadline {
-            let head = match *cached {
-                Some(head) => head,
-                None => self.head(&message.room).await?,
-            };
-            // Unless this attempt commits, the head is unknown until read again.
-            *cached = None;
-            match self.try_append(&message, head).await? {
-                Attempt::Stored(stored) => {
-                    *cached = Some(RoomHead {
-                        seq: stored.seq,
-                        last_id: Some(stored.id),
-                    });
-                    return Ok(Appended::New(stored));
-                }
-                Attempt::HeadMoved(now) => {
-                    *cached = now;
-                    // Another container appended. Losing again and again means several race:
-                    // a few ms of jitter, growing, spreads them out.
-                    lost += 1;
-                    if lost > 2 {
-                        let ms = fastrand::u64(0..=u64::from(lost.min(8)) * 4);
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            if head.seq >= ticket {
+                // Our turn was passed (we were taken for a stalled writer): a new ticket.
+                (ticket, head) = self.take_ticket(room).await?;
+                continue;
+            }
+            if head.seq + 1 < ticket {
+                // Earlier tickets are being written: wait about as long as they take, rather
+                // than ask again and again (each read is paid for, and slows the others).
+                let ahead = (ticket - 1 - head.seq) as f64;
+                let ms = (ahead * turn_ms).clamp(2.0, 500.0);
+                let jittered = ms * (0.75 + fastrand::f64() / 2.0);
+                tokio::time::sleep(Duration::from_micros((jittered * 1000.0) as u64)).await;
+                head = self.head(room).await?;
+                let (seen, since) = unchanged_since;
+                if head.seq > seen {
+                    let elapsed = since.elapsed().as_secs_f64() * 1000.0;
+                    turn_ms = (elapsed / (head.seq - seen) as f64).clamp(1.0, 200.0);
+                    unchanged_since = (head.seq, tokio::time::Instant::now());
+                } else if since.elapsed() > STALLED_AFTER {
+                    tracing::warn!(room = %room, seq = head.seq + 1, "skipping the seq of a stalled writer");
+                    if self.skip(room, head).await? {
+                        head.seq += 1;
+                    } else {
+                        head = self.head(room).await?;
                     }
+                    unchanged_since = (head.seq, tokio::time::Instant::now());
                 }
-                Attempt::KeyExists => {
+                continue;
+            }
+            match self.commit(&message, head, ticket).await? {
+                Attempt::Stored(stored) => return Ok(Appended::New(stored)),
+                Attempt::NotMyTurn(now) => {
+                    head = match now {
+                        Some(now) => now,
+                        None => self.head(room).await?,
+                    };
+                }
+                Attempt::KeyExists { my_turn } => {
                     let client_msg_id = message.client_msg_id.as_ref().ok_or_else(|| {
                         StoreError::new("an idempotency key conflict without a clientMsgId")
                     })?;
-                    // A retry raced with the first send and lost; or, without reasons from
-                    // DynamoDB, the head moved: then there is no earlier message, and we go on.
-                    if let Some(earlier) = self
-                        .find_by_client_msg_id(
-                            &message.room,
-                            &message.sender.sender_key(),
-                            client_msg_id,
-                        )
-                        .await?
-                    {
+                    // A retry raced with the first send and lost. Its turn goes on unused, so
+                    // that the appends after it need not wait for a stalled writer.
+                    if my_turn {
+                        self.skip(room, head).await?;
+                    }
+                    let earlier = self
+                        .find_by_client_msg_id(room, &message.sender.sender_key(), client_msg_id)
+                        .await?;
+                    if let Some(earlier) = earlier {
                         return Ok(Appended::Duplicate(earlier));
                     }
+                    // DynamoDB gave no reasons and there is no earlier message: the head had
+                    // moved. Read it again.
+                    head = self.head(room).await?;
                 }
             }
         }
         Err(StoreError(format!(
-            "room {}: other appends kept moving the head for {APPEND_DEADLINE:?}",
-            message.room
+            "room {room}: no turn to append within {APPEND_DEADLINE:?}"
         )))
     }
 

@@ -234,96 +234,177 @@ fn ada_says(text: &str, client_msg_id: Option<&str>) -> NewMessage {
     }
 }
 
-/// Another container appended between our read of the room's head and our write: the
-/// transaction is cancelled, and says where the head is now; the append goes after it, with the
-/// next `seq` and an id after that container's, without reading the head again.
-#[tokio::test]
-async fn an_append_that_lost_the_race_for_the_head_goes_after_the_winner() {
-    let winner = "0190a0b0-0000-7000-8000-0000000000bb";
+fn head_at(seq: u64, last_id: &str) -> Item {
+    Item::from([
+        ("room".into(), s("lobby")),
+        ("sk".into(), s("~head")),
+        ("headSeq".into(), n(seq)),
+        ("lastId".into(), s(last_id)),
+    ])
+}
+
+/// The answer to taking ticket `n_`: the head item, with the head at `head_seq`.
+fn ticket(n_: u64, head_seq: u64) -> aws_sdk_dynamodb::operation::update_item::UpdateItemOutput {
+    let mut item = head_at(head_seq, EARLIER);
+    item.insert("nextTicket".into(), n(n_));
+    UpdateItemOutput::builder()
+        .set_attributes(Some(item))
+        .build()
+}
+
+fn is_ticket(req: &aws_sdk_dynamodb::operation::update_item::UpdateItemInput) -> bool {
+    req.update_expression() == Some("ADD #ticket :one")
+}
+
+/// The `:from` and `:to` of a transaction's head update (its first item).
+fn head_move(
+    req: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput,
+) -> (Option<AttributeValue>, AttributeValue) {
+    let update = req.transact_items()[0].update().unwrap();
+    let values = update.expression_attribute_values().unwrap();
+    (values.get(":from").cloned(), values[":to"].clone())
+}
+
+const EARLIER: &str = "0190a0b0-0000-7000-8000-0000000000aa";
+const WINNER: &str = "0190a0b0-0000-7000-8000-0000000000bb";
+
+/// Ticket 8 while the head is at 6: the seq before ours is being written by another container.
+/// The append waits, reads the head again, and once it is at 7 writes at 8, after 7's id.
+#[tokio::test(start_paused = true)]
+async fn an_append_waits_for_the_ticket_before_its_own_and_goes_after_it() {
+    let tickets = mock!(DynamoDb::update_item)
+        .match_requests(is_ticket)
+        .then_output(|| ticket(8, 6));
     let head = mock!(DynamoDb::get_item)
         .match_requests(is_head)
-        .then_output(|| {
+        .sequence()
+        .output(|| {
             GetItemOutput::builder()
-                .set_item(Some(Item::from([
-                    ("room".into(), s("lobby")),
-                    ("sk".into(), s("~head")),
-                    ("headSeq".into(), n(6)),
-                    ("lastId".into(), s("0190a0b0-0000-7000-8000-0000000000aa")),
-                ])))
+                .set_item(Some(head_at(6, EARLIER)))
                 .build()
-        });
-    let lost = mock!(DynamoDb::transact_write_items)
-        .match_requests(|req| {
-            req.transact_items()[0]
-                .put()
-                .unwrap()
-                .expression_attribute_values()
-                .unwrap()[":read"]
-                == n(6)
         })
-        .then_error(move || {
-            append_cancelled(
-                0,
-                Some(Item::from([
-                    ("room".into(), s("lobby")),
-                    ("sk".into(), s("~head")),
-                    ("headSeq".into(), n(7)),
-                    ("lastId".into(), s(winner)),
-                ])),
-            )
-        });
-    let won = mock!(DynamoDb::transact_write_items)
+        .times(2)
+        .output(|| {
+            GetItemOutput::builder()
+                .set_item(Some(head_at(7, WINNER)))
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let commit = mock!(DynamoDb::transact_write_items)
         .match_requests(|req| {
-            let put = req.transact_items()[0].put().unwrap();
-            put.expression_attribute_values().unwrap()[":read"] == n(7)
-                && put.item()["headSeq"] == n(8)
+            head_move(req) == (Some(n(7)), n(8))
                 && req.transact_items()[1].put().unwrap().item()["seq"] == n(8)
         })
         .then_output(|| TransactWriteItemsOutput::builder().build());
-    let next = mock!(DynamoDb::transact_write_items)
-        .match_requests(|req| {
-            req.transact_items()[0]
-                .put()
-                .unwrap()
-                .expression_attribute_values()
-                .unwrap()[":read"]
-                == n(8)
-        })
-        .then_output(|| TransactWriteItemsOutput::builder().build());
     let store = DynamoMessages::new(
-        mocked::dynamodb(RuleMode::MatchAny, &[&head, &lost, &won, &next]),
+        mocked::dynamodb(RuleMode::MatchAny, &[&tickets, &head, &commit]),
         Tables::default(),
     );
-    let appended = store.append(ada_says("second", None)).await.unwrap();
+    let appended = store.append(ada_says("eighth", None)).await.unwrap();
     let Appended::New(stored) = appended else {
         panic!("expected a new message, got {appended:?}")
     };
     assert_eq!(stored.seq, 8);
     assert!(
-        stored.id.to_string().as_str() > winner,
-        "{} after {winner}",
+        stored.id.to_string().as_str() > WINNER,
+        "{} after {WINNER}",
         stored.id
     );
-    assert_eq!(
-        (head.num_calls(), lost.num_calls(), won.num_calls()),
-        (1, 1, 1)
+    assert_eq!((tickets.num_calls(), commit.num_calls()), (1, 1));
+    assert!(
+        head.num_calls() >= 3,
+        "it read the head until its turn came"
     );
-    // The next append of this container starts from the head it left: no read.
-    let appended = store.append(ada_says("third", None)).await.unwrap();
+}
+
+/// A writer that never writes its seq (its container died) holds up the room for
+/// STALLED_AFTER; then the waiter passes that seq on, unused, and writes its own.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_writer_is_skipped_after_a_while() {
+    let tickets = mock!(DynamoDb::update_item)
+        .match_requests(is_ticket)
+        .then_output(|| ticket(8, 6));
+    let head = mock!(DynamoDb::get_item)
+        .match_requests(is_head)
+        .then_output(|| {
+            GetItemOutput::builder()
+                .set_item(Some(head_at(6, EARLIER)))
+                .build()
+        });
+    let skip = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            req.transact_items().len() == 1 && head_move(req) == (Some(n(6)), n(7))
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let commit = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            req.transact_items().len() == 2 && head_move(req) == (Some(n(7)), n(8))
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let store = DynamoMessages::new(
+        mocked::dynamodb(RuleMode::MatchAny, &[&tickets, &head, &skip, &commit]),
+        Tables::default(),
+    );
+    let started = tokio::time::Instant::now();
+    let appended = store.append(ada_says("eighth", None)).await.unwrap();
+    assert!(
+        matches!(appended, Appended::New(ref m) if m.seq == 8),
+        "{appended:?}"
+    );
+    assert!(started.elapsed() >= chat_aws::messages::STALLED_AFTER);
+    assert_eq!((skip.num_calls(), commit.num_calls()), (1, 1));
+}
+
+/// Our turn was passed on while we were slow (another container took us for a stalled
+/// writer): the commit is refused and says the head is at our seq; the append takes a new
+/// ticket and writes there. Nothing is lost, nothing written twice.
+#[tokio::test(start_paused = true)]
+async fn a_writer_whose_turn_was_passed_takes_a_new_ticket() {
+    let tickets = mock!(DynamoDb::update_item)
+        .match_requests(is_ticket)
+        .sequence()
+        .output(|| ticket(8, 7))
+        .output(|| ticket(9, 8))
+        .build();
+    let refused = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| head_move(req) == (Some(n(7)), n(8)))
+        .then_error(|| append_cancelled(0, Some(head_at(8, EARLIER))));
+    let commit = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| head_move(req) == (Some(n(8)), n(9)))
+        .then_output(|| TransactWriteItemsOutput::builder().build());
+    let store = DynamoMessages::new(
+        mocked::dynamodb(RuleMode::MatchAny, &[&tickets, &refused, &commit]),
+        Tables::default(),
+    );
+    let appended = store.append(ada_says("late", None)).await.unwrap();
     assert!(
         matches!(appended, Appended::New(ref m) if m.seq == 9),
         "{appended:?}"
     );
-    assert_eq!((head.num_calls(), next.num_calls()), (1, 1));
+    assert_eq!(
+        (tickets.num_calls(), refused.num_calls(), commit.num_calls()),
+        (2, 1, 1)
+    );
 }
 
-#[tokio::test]
+/// Two sends with one clientMsgId at once: both found no key before their tickets; ours finds
+/// it at its commit. It passes its turn on unused (so the room does not wait for a stalled
+/// writer) and answers with the first message.
+#[tokio::test(start_paused = true)]
 async fn a_retry_that_lost_the_race_gets_the_first_message() {
-    let id = "0190a0b0-0000-7000-8000-0000000000aa";
-    let head = mock!(DynamoDb::get_item)
-        .match_requests(is_head)
-        .then_output(|| GetItemOutput::builder().build());
-    let transact = mock!(DynamoDb::transact_write_items).then_error(|| append_cancelled(2, None));
+    let id = EARLIER;
+    let tickets = mock!(DynamoDb::update_item)
+        .match_requests(is_ticket)
+        .then_output(|| ticket(4, 3));
+    let transact = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| req.transact_items().len() == 3)
+        .then_error(|| append_cancelled(2, None));
+    let pass = mock!(DynamoDb::transact_write_items)
+        .match_requests(|req| {
+            req.transact_items().len() == 1 && head_move(req) == (Some(n(3)), n(4))
+        })
+        .then_output(|| TransactWriteItemsOutput::builder().build());
     let key = mock!(DynamoDb::get_item)
         .match_requests(|req| {
             req.key()
@@ -331,7 +412,9 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
                 .and_then(|sk| sk.as_s().ok())
                 .is_some_and(|sk| sk.starts_with("~dedupe#"))
         })
-        .then_output(move || {
+        .sequence()
+        .output(|| GetItemOutput::builder().build())
+        .output(move || {
             GetItemOutput::builder()
                 .set_item(Some(Item::from([
                     ("room".into(), s("lobby")),
@@ -339,7 +422,8 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
                     ("messageId".into(), s(id)),
                 ])))
                 .build()
-        });
+        })
+        .build();
     let message = mock!(DynamoDb::get_item)
         .match_requests(move |req| req.key().and_then(|k| k.get("sk")) == Some(&s(id)))
         .then_output(move || {
@@ -359,7 +443,10 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
                 .build()
         });
     let store = DynamoMessages::new(
-        mocked::dynamodb(RuleMode::MatchAny, &[&head, &transact, &key, &message]),
+        mocked::dynamodb(
+            RuleMode::MatchAny,
+            &[&tickets, &transact, &pass, &key, &message],
+        ),
         Tables::default(),
     );
     let appended = store.append(ada_says("first", Some("c-1"))).await.unwrap();
@@ -370,5 +457,6 @@ async fn a_retry_that_lost_the_race_gets_the_first_message() {
     assert_eq!(earlier.ts, 1_721_000_000_000);
     assert_eq!(earlier.text, "first");
     assert_eq!(earlier.seq, 3);
-    assert_eq!((key.num_calls(), message.num_calls()), (1, 1));
+    assert_eq!((key.num_calls(), message.num_calls()), (2, 1));
+    assert_eq!(pass.num_calls(), 1, "its turn was passed on");
 }

@@ -125,6 +125,8 @@ pub struct LambdaBackend {
     authorizer: Option<Authorizer>,
     /// The API the events name: this gateway, so that the handlers post back to it.
     api: Api,
+    /// Frames of one connection invoked at once.
+    frames_at_once: usize,
 }
 
 impl LambdaBackend {
@@ -180,6 +182,7 @@ impl LambdaBackend {
                 domain: loopback(addr).to_string(),
                 stage: settings.stage.clone(),
             },
+            frames_at_once: usize::from(settings.lambda_concurrency),
         })
     }
 
@@ -284,6 +287,13 @@ impl Backend for LambdaBackend {
         body_text(&response).map(Payload::from_json)
     }
 
+    /// API Gateway does not wait for one frame's invocation before it invokes the next: pipelined
+    /// frames of a connection run at once, in separate containers (the developer guide says
+    /// nothing of an order; only the account's concurrency bounds them).
+    fn frames_at_once(&self) -> usize {
+        self.frames_at_once
+    }
+
     async fn disconnect(&self, connection: &Connection, closed: &Closed) {
         if let Some(event) = to_request(self.api.disconnect(connection, closed)) {
             self.containers.take().disconnect(event).await;
@@ -329,6 +339,7 @@ mod tests {
                 domain: "127.0.0.1:9".into(),
                 stage: "dev".into(),
             },
+            frames_at_once: 8,
         };
         let claims = chat_auth::MintClaims {
             sub: "u-1".into(),

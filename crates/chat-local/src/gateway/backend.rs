@@ -90,6 +90,12 @@ pub trait Backend: Send + Sync + 'static {
     /// A frame from the client (routed on `action`); returns the reply to the sender.
     async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload>;
 
+    /// How many frames of one connection [`Backend::message`] may handle at once: API Gateway
+    /// invokes the integration for each frame as it arrives (1: one after another).
+    fn frames_at_once(&self) -> usize {
+        1
+    }
+
     /// `$disconnect`, best effort.
     async fn disconnect(&self, connection: &Connection, closed: &Closed);
 

@@ -52,11 +52,14 @@ where
     tracing::debug!(connection = %handle.id(), "connection closed");
 }
 
-async fn read_loop<S>(mut stream: S, state: &AppState, handle: &ConnectionHandle)
+async fn read_loop<S>(mut stream: S, state: &AppState, handle: &Arc<ConnectionHandle>)
 where
     S: Stream<Item = Result<Message, AxumError>> + Unpin,
 {
     let settings = &state.settings;
+    // Frames handled at once; past it, the reader waits before it reads the next.
+    let frames_at_once = state.backend.frames_at_once().max(1);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(frames_at_once));
     // Created once and polled again on each frame: a timer or a cancellation future made per
     // frame costs a registration and a removal each time.
     let closing = handle.closed_for_reader();
@@ -115,14 +118,43 @@ where
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Close(_) => return,
         };
-        if let Some(reply) = state.backend.message(&handle.facts, inbound).await {
-            match axum::extract::ws::Utf8Bytes::try_from(reply.bytes().clone()) {
-                Ok(text) => {
-                    handle.push(Outbound::Text(text));
-                }
-                Err(e) => tracing::error!(error = %e, "a reply is not UTF-8"),
-            }
+        if frames_at_once == 1 {
+            let reply = state.backend.message(&handle.facts, inbound).await;
+            send_reply(handle, reply);
+            continue;
         }
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut closing => return,
+            () = &mut shutdown => {
+                handle.close(close_code::GOING_AWAY, "server shutting down");
+                return;
+            }
+        };
+        // Its own task, as its own invocation: it runs to its end even if the connection
+        // closes meanwhile (its reply then goes nowhere), and the server's shutdown waits for it.
+        let (backend, handle) = (state.backend.clone(), handle.clone());
+        state.connections.spawn(async move {
+            let reply = backend
+                .message(&handle.facts, Inbound::Text(text.as_str()))
+                .await;
+            send_reply(&handle, reply);
+            drop(permit);
+        });
+    }
+}
+
+/// Queues the integration's reply (the route response) for the client.
+fn send_reply(handle: &ConnectionHandle, reply: Option<chat_core::protocol::Payload>) {
+    let Some(reply) = reply else { return };
+    match axum::extract::ws::Utf8Bytes::try_from(reply.bytes().clone()) {
+        Ok(text) => {
+            handle.push(Outbound::Text(text));
+        }
+        Err(e) => tracing::error!(error = %e, "a reply is not UTF-8"),
     }
 }
 

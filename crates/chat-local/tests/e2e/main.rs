@@ -9,5 +9,6 @@ mod connecting;
 mod gateway;
 mod lambda_binary;
 mod notifiers;
+mod pipelined;
 mod recovery;
 mod support;

@@ -44,6 +44,13 @@ impl TestServer {
     /// Starts on exactly these settings (a restart reuses the address and data directory), with
     /// the back end `CHAT_TEST_BACKEND` names.
     pub async fn start_on(mut settings: Settings) -> Self {
+        // The server's logs, when RUST_LOG asks for them (e.g. RUST_LOG=warn).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         if lambda_backend() {
             use_lambda(&mut settings);
             // moto makes each request atomic only one at a time (as DynamoDB does at once).
@@ -95,7 +102,7 @@ impl Drop for TestServer {
 
 /// `CHAT_TEST_BACKEND=lambda`: the suite runs against the Lambda handlers on DynamoDB (moto at
 /// `AWS_ENDPOINT_URL_DYNAMODB`, or one the tests start), behind the same gateway.
-fn lambda_backend() -> bool {
+pub fn lambda_backend() -> bool {
     match std::env::var("CHAT_TEST_BACKEND").as_deref() {
         Err(_) | Ok("" | "embedded") => false,
         Ok("lambda") => true,
