@@ -23,7 +23,6 @@ use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::iam::IamPolicyEffect;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
 use chat_core::protocol::{Inbound, Payload};
 use chat_lambda::{
@@ -33,6 +32,7 @@ use chat_lambda::{
 use serde_json::{Map, Value, json};
 
 use super::events::Api;
+use super::policy;
 use crate::config::Settings;
 use crate::gateway::{Backend, Closed, Connection, Handshake, Refusal};
 
@@ -126,10 +126,7 @@ impl LambdaBackend {
             Err(Denied::KeysUnavailable(_)) => return Err(refusal(500, "Internal server error")),
         };
         let method_arn = event.method_arn.unwrap_or_default();
-        let allowed = response.policy_document.statement.iter().any(|statement| {
-            statement.effect == IamPolicyEffect::Allow && statement.resource.contains(&method_arn)
-        });
-        if !allowed {
+        if !policy::allows(&response.policy_document, &method_arn) {
             return Err(refusal(403, "Forbidden"));
         }
         let mut context = match response.context {
