@@ -18,6 +18,7 @@
 
 mod admission;
 pub mod backend;
+mod linger;
 pub mod management;
 mod query;
 pub mod registry;
@@ -155,13 +156,14 @@ pub fn router(state: AppState) -> Router {
 async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
     let send_buffer = state.settings.send_buffer;
-    let listener = listener.tap_io(move |tcp| {
+    let listener = linger::LingeringListener(listener).tap_io(move |io| {
+        let tcp = io.tcp();
         // Chat frames are small and latency matters more than packet count.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         if send_buffer > 0
-            && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+            && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer)
         {
             tracing::debug!(error = %e, "cannot set SO_SNDBUF");
         }
