@@ -9,4 +9,5 @@ mod connecting;
 mod gateway;
 mod lambda_binary;
 mod notifiers;
+mod strict;
 mod support;
