@@ -77,6 +77,8 @@ pub struct ConnectionHandle {
     /// GoneException errors with API Gateway WebSocket APIs?"), and so does this gateway.
     connected: AtomicBool,
     last_active_ms: AtomicU64,
+    /// When the writer last sent the client a frame: traffic that resets the idle timer too.
+    last_sent_ms: AtomicU64,
 }
 
 impl ConnectionHandle {
@@ -192,6 +194,15 @@ impl ConnectionHandle {
     pub fn last_active_ms(&self) -> u64 {
         self.last_active_ms.load(Ordering::Relaxed)
     }
+
+    /// Records frames written to the client.
+    pub fn sent(&self) {
+        self.last_sent_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_sent_ms(&self) -> u64 {
+        self.last_sent_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// The writer's end of a connection's queue.
@@ -274,6 +285,7 @@ impl Registry {
         let id = facts.id.clone();
         let handle = Arc::new(ConnectionHandle {
             last_active_ms: AtomicU64::new(facts.connected_at_ms),
+            last_sent_ms: AtomicU64::new(facts.connected_at_ms),
             facts,
             queue: Mutex::new(VecDeque::new()),
             queue_len: self.queue_len,

@@ -102,9 +102,25 @@ where
                 handle.close(close_code::GOING_AWAY, "connection lifetime exceeded");
                 return Ended::ByGateway;
             }
+            // API Gateway's idle timeout: 10 minutes ("Idle Connection Timeout", "Quotas for
+            // configuring and running a WebSocket in API Gateway"). AWS does not say which
+            // traffic counts; messages either way do: a server that posts every few minutes
+            // keeps an otherwise silent client connected (Hotsock's keep-alive,
+            // https://www.hotsock.io/docs/connections/keep-alive/, "if no messages are sent
+            // between the server and client for a 10-minute period"). So a frame from the
+            // client, or one written to it, resets the timer here. WebSocket pings from the
+            // client count too, because PROTOCOL.md promises it ("a WebSocket ping keeps it
+            // open"), although users report that API Gateway ignores protocol-level pings for
+            // idleness (andyrichardson/subscriptionless issue 3): on AWS, send the `ping`
+            // action.
             () = &mut idle => {
-                let deadline = last_frame + settings.idle_timeout;
-                if deadline <= Instant::now() {
+                let now = Instant::now();
+                let since_sent = Duration::from_millis(
+                    chat_core::clock::now_ms().saturating_sub(handle.last_sent_ms()),
+                );
+                let last_traffic = last_frame.max(now.checked_sub(since_sent).unwrap_or(now));
+                let deadline = last_traffic + settings.idle_timeout;
+                if deadline <= now {
                     handle.close(close_code::GOING_AWAY, "idle timeout");
                     return Ended::ByGateway;
                 }
@@ -252,7 +268,7 @@ async fn write_loop<S>(
             written = timeout(write_timeout, write) => written,
         };
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => handle.sent(),
             Ok(Err(_)) => {
                 // The socket is broken: make the reader stop too.
                 handle.close(close_code::GOING_AWAY, "");

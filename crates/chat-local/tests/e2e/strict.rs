@@ -418,3 +418,27 @@ async fn expect_close_reading_slowly(client: &mut Client) -> CloseFrame {
         }
     }
 }
+
+/// API Gateway's idle timer counts messages either way: frames posted to a client that sends
+/// nothing keep it connected; once they stop, it is closed with 1001.
+#[tokio::test]
+async fn frames_sent_to_a_silent_client_keep_it_connected() {
+    let idle = Duration::from_millis(600);
+    let server = TestServer::start_with(|s| s.idle_timeout = idle).await;
+    let mut ada = server.client("ada").await;
+    let path = format!("/dev/@connections/{}", urlencode(&only_id(&server)));
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < idle * 3 {
+        let posted = http(server.addr, "POST", &path, br#"{"type":"notice"}"#).await;
+        assert_eq!(
+            posted.status,
+            200,
+            "still connected after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(ada.recv().await["type"], "notice");
+        tokio::time::sleep(idle / 4).await;
+    }
+    let close = ada.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+}
