@@ -163,9 +163,11 @@ where
                         status_code: frame.code,
                         reason: frame.reason.to_string(),
                     },
+                    // AWS's words for it, from its sample `$disconnect` event
+                    // (aws_lambda_events' example-apigw-websocket-request-disconnect-route.json).
                     None => Closed {
                         status_code: close_code::NO_STATUS,
-                        reason: String::new(),
+                        reason: "Client-side close frame status not set".into(),
                     },
                 });
             }
@@ -575,7 +577,13 @@ mod tests {
             h.client_out.send(Message::Close(None)).unwrap();
         })
         .await;
-        assert_eq!(closed.status_code, 1005);
+        assert_eq!(
+            closed,
+            Closed {
+                status_code: 1005,
+                reason: "Client-side close frame status not set".into()
+            }
+        );
 
         let mut h = start();
         let closed = disconnect_after(&mut h, |h| {
