@@ -442,3 +442,43 @@ async fn frames_sent_to_a_silent_client_keep_it_connected() {
     let close = ada.expect_close().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 1001);
 }
+
+/// API Gateway's ids hold `-`, `_` and a final `=`: `@connections` finds a connection by its id
+/// whether the `=` is sent as is or percent-encoded (as the AWS SDK sends it).
+#[tokio::test]
+async fn connection_ids_in_api_gateways_alphabet_reach_the_management_api() {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    // Connect until an id has a `-` or a `_` (about one in three does).
+    let (mut client, id) = loop {
+        let before = server.connection_ids();
+        let client = server.client("ada").await;
+        let id = server
+            .connection_ids()
+            .into_iter()
+            .find(|id| !before.contains(id))
+            .unwrap()
+            .as_str()
+            .to_owned();
+        assert_eq!(id.len(), 16, "{id}");
+        assert!(id.ends_with('='), "{id}");
+        if id.contains(['-', '_']) {
+            break (client, id);
+        }
+        clients.push(client);
+        assert!(clients.len() < 100, "no id with - or _ in 100");
+    };
+    for path in [
+        format!("/dev/@connections/{id}"),
+        format!("/dev/@connections/{}", urlencode(&id)),
+    ] {
+        let posted = http(server.addr, "POST", &path, br#"{"type":"notice"}"#).await;
+        assert_eq!(posted.status, 200, "{path}");
+        assert_eq!(client.recv().await["type"], "notice");
+        assert_eq!(
+            http(server.addr, "GET", &path, b"").await.status,
+            200,
+            "{path}"
+        );
+    }
+}
