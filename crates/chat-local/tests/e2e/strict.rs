@@ -29,8 +29,9 @@ struct Seen {
 }
 
 /// In front of the real back end: a frame whose action is `explode`, `stall` or `fail` makes
-/// the integration panic, hang or fail (as a Lambda function would); a `$connect` whose client
-/// offers the subprotocol `chat.v1` names it in its response. Records every `$connect`
+/// the integration panic, hang or fail (as a Lambda function would), and so does a `$connect`
+/// with `?name=explode` or `?name=stall`; a `$connect` whose client offers the subprotocol
+/// `chat.v1` names it in its response. Records every `$connect`
 /// handshake and `$disconnect`.
 struct Faulty {
     inner: Arc<dyn Backend>,
@@ -58,6 +59,11 @@ impl Backend for Faulty {
         handshake: &Handshake,
     ) -> Result<Accepted, Refusal> {
         self.seen.handshakes.lock().unwrap().push(handshake.clone());
+        match handshake.first("name") {
+            Some("explode") => panic!("a bug in $connect"),
+            Some("stall") => std::future::pending().await,
+            _ => {}
+        }
         let mut accepted = self.inner.connect(connection, handshake).await?;
         let offered = handshake
             .header("sec-websocket-protocol")
@@ -147,6 +153,23 @@ async fn a_failed_integration_gets_api_gateways_error_frame_and_the_connection_s
     assert_eq!(request_ids.len(), 3);
     assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
     ada.say("lobby", "still here").await;
+}
+
+#[tokio::test]
+async fn a_failed_connect_is_a_502_and_leaves_no_connection() {
+    let seen = Arc::new(Seen::default());
+    let server = TestServer::start_wrapped(
+        |s| s.integration_timeout = Duration::from_millis(300),
+        faulty(&seen),
+    )
+    .await;
+    for name in ["explode", "stall"] {
+        let url = format!("{}?name={name}", server.url());
+        assert_eq!(Client::refused_status(&url).await, 502, "{name}");
+    }
+    assert!(server.connection_ids().is_empty());
+    let mut ada = server.client("ada").await;
+    assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
 }
 
 #[tokio::test]
