@@ -273,8 +273,10 @@ async fn websocket(
             state.registry.remove(&connection_id);
             return refuse_with(refusal);
         }
-        // A `$connect` function that fails is a 502 on API Gateway, as for REST APIs' Lambda
-        // proxy integrations (AWS documents no status for WebSocket APIs).
+        // A `$connect` function that fails (or panics, or runs past the integration timeout)
+        // refuses the handshake. AWS documents no status for WebSocket APIs; a function that
+        // throws is seen by clients as 502 ("Unexpected server response: 502" in wscat), as
+        // for REST APIs' Lambda proxy integrations.
         Err(failure) => {
             tracing::error!(connection = %connection_id, ?failure, "$connect failed");
             state.registry.remove(&connection_id);
