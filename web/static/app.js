@@ -467,6 +467,7 @@
   // Frames from the server
 
   function handleFrame(f) {
+    if (isGatewayError(f)) return onGatewayError(f);
     switch (f.type) {
       case 'joined': return onJoined(f);
       case 'message': return onMessage(f);
@@ -479,6 +480,27 @@
       case 'pong': return onPong(f);
       case 'error': return onError(f);
       default: return undefined; // newer server, unknown frame: ignore
+    }
+  }
+
+  // API Gateway's own frame when the integration behind a request failed (an error, a crash, its
+  // 29 s timeout): {"message": "Internal server error", "connectionId", "requestId"}. Its
+  // requestId is API Gateway's, not ours, so it names none of our requests. Every request still
+  // waiting fails: API Gateway runs a connection's frames concurrently, so "the oldest" would
+  // be a guess that can leave the failed one waiting forever, while failing one that was fine
+  // only costs a retry, and retries are safe (sendMessage is idempotent on clientMsgId, the
+  // others read or repeat). A late answer to a failed request is then ignored.
+  function isGatewayError(f) {
+    return f.type === undefined && typeof f.message === 'string'
+      && typeof f.connectionId === 'string' && typeof f.requestId === 'string';
+  }
+
+  function onGatewayError(f) {
+    toast(`The server failed to handle a request (${f.message}). Please try again.`, 'gateway');
+    // The connection is alive: the keep-alive must not wait for a pong that will not come.
+    clearTimeout(state.pongTimer);
+    for (const requestId of [...state.requests.keys()]) {
+      onError({ type: 'error', requestId, code: 'internal' }, { quiet: true });
     }
   }
 
@@ -660,11 +682,11 @@
     clearTimeout(state.pongTimer);
   }
 
-  function onError(f) {
+  function onError(f, { quiet = false } = {}) {
     const req = takeRequest(f);
     const code = typeof f.code === 'string' ? f.code : 'internal';
     const words = describeError(code, req, f.message);
-    toast(words, code);
+    if (!quiet) toast(words, code);
     if (!req) return;
     const room = req.room ? state.rooms.get(req.room) : null;
     switch (req.action) {

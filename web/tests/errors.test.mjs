@@ -163,3 +163,42 @@ test('a refused connection says "could not connect"', { timeout: 120_000 }, asyn
     assert.equal(await page.locator('[data-testid=me-name]').textContent(), 'bob');
   }, { allow: [WS_CONNECT_FAILED] });
 });
+
+test("API Gateway's error frame for a failed integration is shown, and fails the waiting request", { timeout: 120_000 }, async () => {
+  await withChat(async (s, server) => {
+    const bob = await s.openChat('bob');
+    const page = await s.newPage();
+    // The real server behind; the first sendMessage of "explode" gets, instead of its ack, the
+    // frame API Gateway sends when a Lambda function fails (its own requestId, not ours).
+    let exploded = false;
+    await page.routeWebSocket(/\/dev(\?|$)/, (ws) => {
+      const backend = ws.connectToServer();
+      ws.onMessage((message) => {
+        const frame = JSON.parse(message);
+        if (!exploded && frame.action === 'sendMessage' && frame.text === 'explode') {
+          exploded = true;
+          ws.send('{"message": "Internal server error", "connectionId":"L0SM9cOFvHcCIhw=", "requestId":"Qyi3UG41tjMFlUg="}');
+          return;
+        }
+        backend.send(message);
+      });
+    });
+    await page.goto(server.url);
+    await page.locator('#name-input').fill('alice');
+    await page.locator('#connect-button').click();
+    await page.locator('[data-testid=connection-status][data-state=online]').waitFor();
+
+    await sendViaUi(page, 'explode');
+    const shown = await toastText(page, 'gateway');
+    assert.match(shown, /Internal server error/);
+    // The message waits no more: it is shown as not sent, and can be retried.
+    const failed = page.locator('[data-testid=pending-message][data-state=failed]');
+    await failed.waitFor();
+    // The connection goes on, and the retry is delivered once.
+    assert.equal(await page.locator('[data-testid=connection-status]').getAttribute('data-state'), 'online');
+    await failed.locator('[data-testid=retry]').click();
+    await waitForText(page, 'lobby', 'explode');
+    await waitForText(bob, 'lobby', 'explode');
+    assert.equal(count(await roomTexts(bob, 'lobby'), 'explode'), 1);
+  });
+});

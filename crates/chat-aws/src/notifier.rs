@@ -3,6 +3,11 @@
 //!
 //! `GoneException` (410) means the connection is gone: the core then removes it. Any other failure
 //! is logged and that one recipient misses the frame; the send itself never fails for it.
+//!
+//! Retries are few and quick: `LimitExceededException` (429) is what API Gateway answers when
+//! the client's buffer is full (its service model: "the WebSocket client side buffer is
+//! full"), and the SDK's standard retries (3 attempts, backoff up to seconds) would hold up the
+//! whole fan-out, and the sender's reply behind it, for a client that is not reading.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,8 +93,13 @@ impl ManagementClients {
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
                 tracing::debug!(endpoint, "new management API client");
+                let retries = aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(2)
+                    .with_initial_backoff(std::time::Duration::from_millis(20))
+                    .with_max_backoff(std::time::Duration::from_millis(100));
                 let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
                     .endpoint_url(endpoint)
+                    .retry_config(retries)
                     .build();
                 Client::from_conf(config)
             })

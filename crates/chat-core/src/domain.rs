@@ -301,11 +301,20 @@ impl ConnectionId {
         Self(s.into())
     }
 
-    /// A fresh id in the style of API Gateway's (`L0SM9cOFvHcCIhw=`).
+    /// A fresh id in API Gateway's form: 11 random bytes in URL-safe base64 with its padding,
+    /// 16 characters of `A-Z a-z 0-9 - _` ending in `=`, like `L0SM9cOFvHcCIhw=` (AWS's
+    /// examples in the `@connections` docs and its sample events), so that code that handles
+    /// ids (paths, URL encoding of `=`, keys) is tested on the real form.
     pub fn random() -> Self {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        // 88 bits make 14 full sextets and a last one of 4 bits (its low 2 bits are 0).
+        let bits = fastrand::u128(..) >> 40;
         let mut s: String = (0..15)
-            .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+            .map(|i| {
+                let sextet = ((bits << 2) >> (6 * (14 - i))) & 0x3f;
+                char::from(ALPHABET[sextet as usize])
+            })
             .collect();
         s.push('=');
         Self(s.into())
@@ -539,5 +548,26 @@ mod tests {
         assert!(RequestId::parse(&"x".repeat(65)).is_err());
         assert!(ClientMsgId::parse(&"é".repeat(64)).is_ok());
         assert!(ClientMsgId::parse(&"é".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn random_connection_ids_have_api_gateways_form() {
+        let alphabet = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let id = ConnectionId::random();
+            let id = id.as_str();
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.ends_with('='), "{id}");
+            assert!(id[..15].chars().all(alphabet), "{id}");
+            // The last sextet holds 4 bits: AWS's ids end in one of `AEIMQUYcgkosw048` then `=`.
+            assert!("AEIMQUYcgkosw048".contains(&id[14..15]), "{id}");
+            seen.extend(id[..15].chars());
+        }
+        assert!(
+            seen.contains(&'-') && seen.contains(&'_'),
+            "the whole alphabet is used"
+        );
+        assert_ne!(ConnectionId::random(), ConnectionId::random());
     }
 }

@@ -50,6 +50,12 @@ pub struct Settings {
     #[arg(long, env = "CHAT_MAX_LIFETIME", default_value = "2h", value_parser = humantime::parse_duration)]
     pub max_lifetime: Duration,
 
+    /// How long a handler may take (`$connect`, a frame) before the gateway gives up on it: the
+    /// client then gets API Gateway's `Internal server error` frame (API Gateway: 29s, its
+    /// most).
+    #[arg(long, env = "CHAT_INTEGRATION_TIMEOUT", default_value = "29s", value_parser = humantime::parse_duration)]
+    pub integration_timeout: Duration,
+
     /// Frames queued for one connection before it counts as a slow consumer and is closed
     /// (1008). Bounds the memory a client that stops reading can hold.
     #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 1024)]

@@ -42,6 +42,17 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
+    run_with(listener, settings, shutdown, |backend| backend).await
+}
+
+/// [`run`], with the back end wrapped by `wrap` before the gateway is given it: how a test puts
+/// a failing or recording integration in front of the real one, on either back end.
+pub async fn run_with(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+    wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+) -> anyhow::Result<Server> {
     let gateway = Gateway::new(&settings);
     let backend: Arc<dyn Backend> = match settings.backend {
         BackendKind::Embedded => Arc::new(Embedded::open(&settings, gateway.outbox())?),
@@ -53,5 +64,5 @@ pub async fn run(
             Arc::new(LambdaBackend::open(&settings, &sdk, listener.local_addr()?).await?)
         }
     };
-    gateway.serve(listener, settings, backend, shutdown)
+    gateway.serve(listener, settings, wrap(backend), shutdown)
 }

@@ -16,7 +16,9 @@ use chat_sqlite::SqliteMessages;
 use serde_json::{Map, Value};
 
 use crate::config::Settings;
-use crate::gateway::{Backend, Closed, Connection, Handshake, Outbox, Posted, Refusal};
+use crate::gateway::{
+    Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Outbox, Posted, Refusal,
+};
 
 /// The chat core with the embedded store.
 pub struct Embedded {
@@ -70,22 +72,34 @@ impl Backend for Embedded {
         )))
     }
 
-    async fn connect(&self, connection: &Connection, handshake: &Handshake) -> Result<(), Refusal> {
+    async fn connect(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Accepted, Refusal> {
         let context = connection.authorizer.as_ref();
         let request = ConnectRequest::new(handshake.first("name"), |key| context?.get(key))
             .connected_at(connection.connected_at_ms);
         self.chat
             .connect(&connection.id, &request)
             .await
-            .map(|_member| ())
+            .map(|_member| Accepted::default())
             .map_err(Refusal::from)
     }
 
-    async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
-        self.chat
+    /// The chat core answers every frame itself (its errors are coded frames); a panic in it is
+    /// the gateway's to catch.
+    async fn message(
+        &self,
+        connection: &Connection,
+        _request_id: &str,
+        inbound: Inbound<'_>,
+    ) -> Result<Option<Payload>, IntegrationError> {
+        Ok(self
+            .chat
             .handle(&connection.id, inbound)
             .await
-            .map(|reply| reply.payload)
+            .map(|reply| reply.payload))
     }
 
     async fn disconnect(&self, connection: &Connection, _closed: &Closed) {

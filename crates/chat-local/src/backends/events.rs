@@ -33,9 +33,9 @@ impl Api {
         route: &str,
         event_type: &str,
         connection: &Connection,
+        request_id: &str,
     ) -> Map<String, Value> {
         let now = now_ms();
-        let request_id = ConnectionId::random().to_string();
         let mut identity = json!({ "sourceIp": connection.source_ip.to_string() });
         if let Some(user_agent) = &connection.user_agent {
             identity["userAgent"] = json!(user_agent);
@@ -64,31 +64,41 @@ impl Api {
         map
     }
 
-    /// `$connect`: the handshake's headers and query string.
+    /// `$connect`: every header of the handshake and its query string.
     pub fn connect(&self, connection: &Connection, handshake: &Handshake) -> Value {
+        // As API Gateway: every value in the multi-value map, the last in the other (AWS's
+        // sample events in aws_lambda_events' fixtures show both maps). The headers API Gateway
+        // adds come after the client's and replace any of the same name.
         let mut headers = Map::new();
-        headers.insert("Host".into(), json!(self.domain));
-        headers.insert("Sec-WebSocket-Version".into(), json!("13"));
-        if let Some(user_agent) = &connection.user_agent {
-            headers.insert("User-Agent".into(), json!(user_agent));
+        let mut multi_value_headers: Map<String, Value> = Map::new();
+        let mut add = |name: String, value: &str| {
+            headers.insert(name.clone(), json!(value));
+            let values = multi_value_headers.entry(name).or_insert_with(|| json!([]));
+            if let Value::Array(values) = values {
+                values.push(json!(value));
+            }
+        };
+        let forwarded = ["x-forwarded-for", "x-forwarded-port", "x-forwarded-proto"];
+        for (name, value) in &handshake.headers {
+            if !forwarded.contains(&name.as_str()) {
+                add(header_case(name), value);
+            }
         }
-        headers.insert(
-            "X-Forwarded-For".into(),
-            json!(connection.source_ip.to_string()),
-        );
-        headers.insert(
+        if handshake.header("host").is_none() {
+            add("Host".into(), &self.domain);
+        }
+        add("X-Amzn-Trace-Id".into(), &trace_id());
+        add("X-Forwarded-For".into(), &connection.source_ip.to_string());
+        add(
             "X-Forwarded-Port".into(),
-            json!(self.domain.rsplit(':').next().unwrap_or_default()),
+            self.domain.rsplit(':').next().unwrap_or_default(),
         );
-        headers.insert("X-Forwarded-Proto".into(), json!("http"));
-        let multi_value_headers: Map<String, Value> = headers
-            .iter()
-            .map(|(name, value)| (name.clone(), json!([value])))
-            .collect();
+        add("X-Forwarded-Proto".into(), "http");
+        let request_id = ConnectionId::random();
         let mut event = json!({
             "headers": headers,
             "multiValueHeaders": multi_value_headers,
-            "requestContext": self.request_context("$connect", "CONNECT", connection),
+            "requestContext": self.request_context("$connect", "CONNECT", connection, request_id.as_str()),
             "isBase64Encoded": false,
         });
         // As API Gateway: every value in the multi-value map, the last in the other; neither
@@ -133,7 +143,12 @@ impl Api {
     /// A frame from the client, routed as API Gateway's route selection on
     /// `$request.body.action` does: the action when the body is a JSON object whose `action`
     /// names a route, else `$default`.
-    pub fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Value {
+    pub fn message(
+        &self,
+        connection: &Connection,
+        request_id: &str,
+        inbound: Inbound<'_>,
+    ) -> Value {
         let (route, body, base64) = match inbound {
             Inbound::Text(text) => {
                 let route = serde_json::from_str::<Map<String, Value>>(text)
@@ -146,7 +161,7 @@ impl Api {
             // Gateway would send them base64-encoded.
             Inbound::Binary => ("$default", "", true),
         };
-        let mut context = self.request_context(route, "MESSAGE", connection);
+        let mut context = self.request_context(route, "MESSAGE", connection, request_id);
         context.insert("messageId".into(), json!(ConnectionId::random().as_str()));
         json!({
             "requestContext": context,
@@ -157,7 +172,9 @@ impl Api {
 
     /// `$disconnect`, with how the connection ended.
     pub fn disconnect(&self, connection: &Connection, closed: &Closed) -> Value {
-        let mut context = self.request_context("$disconnect", "DISCONNECT", connection);
+        let request_id = ConnectionId::random();
+        let mut context =
+            self.request_context("$disconnect", "DISCONNECT", connection, request_id.as_str());
         context.insert("disconnectStatusCode".into(), json!(closed.status_code));
         context.insert("disconnectReason".into(), json!(closed.reason));
         json!({
@@ -169,6 +186,33 @@ impl Api {
             "isBase64Encoded": false,
         })
     }
+}
+
+/// A header name as browsers write it (`Sec-WebSocket-Key`, `User-Agent`). API Gateway passes
+/// the client's own spelling; HTTP/1.1 names are case-insensitive and the server here sees them
+/// lowercased, so this is the spelling a browser's request would have had on AWS. Handlers
+/// should compare names case-insensitively, as AWS's own samples do.
+fn header_case(name: &str) -> String {
+    name.split('-')
+        .map(|word| match word {
+            "websocket" => "WebSocket".to_owned(),
+            _ => {
+                let mut chars = word.chars();
+                chars.next().map_or_else(String::new, |first| {
+                    first.to_ascii_uppercase().to_string() + chars.as_str()
+                })
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// An X-Ray trace header as API Gateway adds it: `Root=1-{epoch seconds, hex}-{24 hex digits}`.
+fn trace_id() -> String {
+    let random: String = (0..24)
+        .map(|_| char::from(b"0123456789abcdef"[fastrand::usize(..16)]))
+        .collect();
+    format!("Root=1-{:08x}-{random}", now_ms() / 1000)
 }
 
 /// API Gateway's `requestTime`: `28/Nov/2026:09:20:57 +0000`.
@@ -323,6 +367,7 @@ mod tests {
     fn the_connect_event_has_the_fields_and_types_of_aws_sample() {
         let handshake = Handshake {
             query: vec![("name".into(), "ada".into()), ("name".into(), "bob".into())],
+            ..Handshake::default()
         };
         let ours = api().connect(&connection(), &handshake);
         let aws = aws_fixture("example-apigw-websocket-request.json");
@@ -341,7 +386,11 @@ mod tests {
 
     #[test]
     fn the_message_event_has_the_fields_and_types_of_aws_sample() {
-        let ours = api().message(&connection(), Inbound::Text(r#"{"action":"ping"}"#));
+        let ours = api().message(
+            &connection(),
+            "req-1",
+            Inbound::Text(r#"{"action":"ping"}"#),
+        );
         let aws = aws_fixture("example-apigw-websocket-request-without-method.json");
         let mut compared = Vec::new();
         same_shape(&aws, &ours, "", &mut compared);
@@ -349,7 +398,7 @@ mod tests {
         assert_has(&ours, &CONTEXT_FIELDS, "a message");
         assert_has(&ours, &["requestContext.messageId", "body"], "a message");
         assert_eq!(ours["requestContext"]["routeKey"], "ping");
-        let default = api().message(&connection(), Inbound::Text(r#"{"action":"fly"}"#));
+        let default = api().message(&connection(), "req-1", Inbound::Text(r#"{"action":"fly"}"#));
         assert_eq!(default["requestContext"]["routeKey"], "$default");
     }
 
@@ -373,6 +422,7 @@ mod tests {
     fn the_authorizer_event_has_the_fields_and_types_of_aws_sample() {
         let handshake = Handshake {
             query: vec![("token".into(), "t".into())],
+            ..Handshake::default()
         };
         let connect = api().connect(&connection(), &handshake);
         let ours = api().authorizer(&connect);
@@ -388,5 +438,61 @@ mod tests {
                 .unwrap()
                 .ends_with("/dev/$connect")
         );
+    }
+
+    #[test]
+    fn every_client_header_is_in_the_connect_and_authorizer_events() {
+        let handshake = Handshake {
+            query: Vec::new(),
+            headers: [
+                ("host", "127.0.0.1:8080"),
+                ("user-agent", "ua/1"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-protocol", "chat.v1, other"),
+                ("x-custom", "a"),
+                ("x-custom", "b"),
+                ("x-forwarded-for", "6.6.6.6"),
+            ]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .to_vec(),
+        };
+        let connect = api().connect(&connection(), &handshake);
+        for event in [connect.clone(), api().authorizer(&connect)] {
+            let headers = &event["headers"];
+            let multi = &event["multiValueHeaders"];
+            assert_eq!(headers["User-Agent"], "ua/1");
+            assert_eq!(headers["Sec-WebSocket-Key"], "dGhlIHNhbXBsZSBub25jZQ==");
+            assert_eq!(headers["Sec-WebSocket-Protocol"], "chat.v1, other");
+            assert_eq!(headers["Host"], "127.0.0.1:8080");
+            // The last value in one map, every value in the other.
+            assert_eq!(headers["X-Custom"], "b");
+            assert_eq!(multi["X-Custom"], json!(["a", "b"]));
+            // What API Gateway adds, the client cannot forge.
+            assert_eq!(headers["X-Forwarded-For"], "127.0.0.1");
+            assert_eq!(multi["X-Forwarded-For"], json!(["127.0.0.1"]));
+            assert!(
+                headers["X-Amzn-Trace-Id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Root=1-")
+            );
+        }
+    }
+
+    #[test]
+    fn header_names_are_spelt_as_browsers_send_them() {
+        assert_eq!(
+            header_case("sec-websocket-extensions"),
+            "Sec-WebSocket-Extensions"
+        );
+        assert_eq!(header_case("user-agent"), "User-Agent");
+        assert_eq!(header_case("x-amzn-trace-id"), "X-Amzn-Trace-Id");
+        assert_eq!(header_case("origin"), "Origin");
+    }
+
+    #[test]
+    fn a_message_event_carries_the_gateways_request_id() {
+        let event = api().message(&connection(), "Qyi3UG41tjMFlUg=", Inbound::Text("{}"));
+        assert_eq!(event["requestContext"]["requestId"], "Qyi3UG41tjMFlUg=");
     }
 }

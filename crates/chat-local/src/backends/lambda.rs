@@ -25,7 +25,6 @@ use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::iam::IamPolicyEffect;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
 use chat_core::protocol::{Inbound, Payload};
 use chat_lambda::{
@@ -35,8 +34,9 @@ use chat_lambda::{
 use serde_json::{Map, Value, json};
 
 use super::events::Api;
+use super::policy;
 use crate::config::Settings;
-use crate::gateway::{Backend, Closed, Connection, Handshake, Refusal};
+use crate::gateway::{Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal};
 
 /// The SDK's configuration from the environment (as on Lambda), with `us-east-1` when no region
 /// is set: a local DynamoDB does not care, and the SDK refuses to sign without one.
@@ -204,10 +204,7 @@ impl LambdaBackend {
             Err(Denied::KeysUnavailable(_)) => return Err(refusal(500, "Internal server error")),
         };
         let method_arn = event.method_arn.unwrap_or_default();
-        let allowed = response.policy_document.statement.iter().any(|statement| {
-            statement.effect == IamPolicyEffect::Allow && statement.resource.contains(&method_arn)
-        });
-        if !allowed {
+        if !policy::allows(&response.policy_document, &method_arn) {
             return Err(refusal(403, "Forbidden"));
         }
         let mut context = match response.context {
@@ -247,6 +244,32 @@ fn body_text(response: &ApiGatewayProxyResponse) -> Option<String> {
     }
 }
 
+/// The route response of a Lambda proxy integration on a two-way route: its `body`, sent to
+/// the client as one frame; nothing when it has none ("For proxy integrations, API Gateway
+/// automatically passes the backend output to the caller as the complete payload", "Set up a
+/// WebSocket API integration response in API Gateway",
+/// <https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-websocket-api-integration-responses.html>).
+/// Its `statusCode` and `headers` never reach the client. An empty body sends nothing:
+/// AWS does not document it, and serverless-offline sends nothing either (it tests `if (body)`).
+fn route_response(response: &ApiGatewayProxyResponse) -> Option<Payload> {
+    body_text(response)
+        .filter(|body| !body.is_empty())
+        .map(Payload::from_json)
+}
+
+/// The subprotocol a `$connect` response names in its `Sec-WebSocket-Protocol` header (any
+/// case), as API Gateway reads it.
+fn subprotocol(response: &ApiGatewayProxyResponse) -> Option<String> {
+    let name = "sec-websocket-protocol";
+    response
+        .headers
+        .get(name)
+        .or_else(|| response.multi_value_headers.get(name))
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
 #[async_trait]
 impl Backend for LambdaBackend {
     async fn authorize(
@@ -261,13 +284,19 @@ impl Backend for LambdaBackend {
         self.run_authorizer(authorizer, &event).await.map(Some)
     }
 
-    async fn connect(&self, connection: &Connection, handshake: &Handshake) -> Result<(), Refusal> {
+    async fn connect(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Accepted, Refusal> {
         let Some(event) = to_request(self.api.connect(connection, handshake)) else {
             return Err(Refusal::new(500, "Internal server error"));
         };
         let response = self.containers.take().connect(event).await;
         if (200..300).contains(&response.status_code) {
-            return Ok(());
+            return Ok(Accepted {
+                subprotocol: subprotocol(&response),
+            });
         }
         // API Gateway answers the handshake with the function's status.
         let message = body_text(&response)
@@ -280,11 +309,17 @@ impl Backend for LambdaBackend {
         ))
     }
 
-    async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
-        let event = to_request(self.api.message(connection, inbound))?;
+    async fn message(
+        &self,
+        connection: &Connection,
+        request_id: &str,
+        inbound: Inbound<'_>,
+    ) -> Result<Option<Payload>, IntegrationError> {
+        // An event the runtime cannot read is a function error on Lambda.
+        let event = to_request(self.api.message(connection, request_id, inbound))
+            .ok_or_else(|| IntegrationError("the event cannot be read".into()))?;
         let response = self.containers.take().message(event).await;
-        // The route response sends the body back to the sender, whatever the status.
-        body_text(&response).map(Payload::from_json)
+        Ok(route_response(&response))
     }
 
     /// API Gateway does not wait for one frame's invocation before it invokes the next: pipelined
@@ -352,6 +387,7 @@ mod tests {
         let token = chat_auth::mint_hs256(secret, &claims).unwrap();
         let handshake = |token: &str| Handshake {
             query: vec![("token".into(), token.into())],
+            ..Handshake::default()
         };
         let mut ada = Connection {
             id: ConnectionId::random(),
@@ -378,7 +414,7 @@ mod tests {
         backend.connect(&ada, &handshake(&token)).await.unwrap();
         let event = backend
             .api
-            .message(&ada, Inbound::Text(r#"{"action":"ping"}"#));
+            .message(&ada, "req-1", Inbound::Text(r#"{"action":"ping"}"#));
         assert_eq!(event["requestContext"]["authorizer"]["userId"], "u-1");
         assert!(to_request(event).is_some(), "the handlers can read it");
         let closed = Closed {
@@ -430,5 +466,41 @@ mod tests {
         assert_eq!(loopback(any).to_string(), "127.0.0.1:8080");
         let any6: SocketAddr = "[::]:8080".parse().unwrap();
         assert_eq!(loopback(any6).to_string(), "[::1]:8080");
+    }
+
+    fn with(
+        body: Option<Body>,
+        headers: &[(&'static str, &'static str)],
+    ) -> ApiGatewayProxyResponse {
+        let mut response = ApiGatewayProxyResponse::default();
+        response.status_code = 200;
+        response.body = body;
+        for (name, value) in headers {
+            response
+                .headers
+                .insert(*name, axum::http::HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    #[test]
+    fn a_route_response_is_its_body_and_nothing_without_one() {
+        let text = |s: &str| Some(Body::Text(s.into()));
+        assert_eq!(
+            route_response(&with(text(r#"{"type":"pong"}"#), &[("x-a", "1")])).map(|p| p.to_text()),
+            Some(r#"{"type":"pong"}"#.to_owned())
+        );
+        assert!(route_response(&with(None, &[])).is_none());
+        assert!(route_response(&with(Some(Body::Empty), &[])).is_none());
+        assert!(route_response(&with(text(""), &[])).is_none());
+    }
+
+    #[test]
+    fn the_subprotocol_is_read_from_the_connect_response_headers() {
+        assert_eq!(
+            subprotocol(&with(None, &[("Sec-WebSocket-Protocol", "chat.v1")])),
+            Some("chat.v1".into())
+        );
+        assert_eq!(subprotocol(&with(None, &[("x-other", "1")])), None);
     }
 }

@@ -5,7 +5,9 @@
 //! - [`lambda`]: the Lambda handlers of `chat-lambda`, unchanged, fed the events API Gateway
 //!   would send, on DynamoDB, posting to the gateway's own `@connections` over HTTP.
 //! - [`events`]: those events, in API Gateway's exact JSON shapes.
+//! - [`policy`]: the authorizer's IAM policy, evaluated as API Gateway does.
 
 pub mod embedded;
 pub mod events;
 pub mod lambda;
+pub mod policy;

@@ -17,9 +17,21 @@ use serde_json::{Map, Value};
 pub struct Handshake {
     /// The query parameters in order, decoded; repeated names are kept.
     pub query: Vec<(String, String)>,
+    /// Every header of the upgrade request, in order (names lowercase, as HTTP/1.1 leaves them
+    /// case-insensitive); repeated names are kept. Values that are not visible ASCII are
+    /// decoded lossily.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Handshake {
+    /// The first value of a header (`name` in lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The first value of a query parameter (the protocol: "repeated, the first counts").
     pub fn first(&self, name: &str) -> Option<&str> {
         self.query
@@ -49,6 +61,19 @@ pub struct Closed {
     pub status_code: u16,
     pub reason: String,
 }
+
+/// What an accepted `$connect` tells the gateway: the subprotocol its response names
+/// (`Sec-WebSocket-Protocol`), which the handshake then negotiates; nothing else of the
+/// response reaches the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub subprotocol: Option<String>,
+}
+
+/// The integration failed (an error, a Lambda function error): API Gateway answers the frame
+/// with its own error frame, and the connection goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrationError(pub String);
 
 /// A refused handshake: the HTTP status and a message for the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,10 +110,21 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `$connect`: accept or refuse the handshake. `connection.authorizer` holds what
     /// [`Backend::authorize`] returned.
-    async fn connect(&self, connection: &Connection, handshake: &Handshake) -> Result<(), Refusal>;
+    async fn connect(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Accepted, Refusal>;
 
-    /// A frame from the client (routed on `action`); returns the reply to the sender.
-    async fn message(&self, connection: &Connection, inbound: Inbound<'_>) -> Option<Payload>;
+    /// A frame from the client (routed on `action`); returns the route response to the sender
+    /// (`None`: nothing is sent). `request_id` is API Gateway's id of this request
+    /// (`requestContext.requestId`), which its error frame names.
+    async fn message(
+        &self,
+        connection: &Connection,
+        request_id: &str,
+        inbound: Inbound<'_>,
+    ) -> Result<Option<Payload>, IntegrationError>;
 
     /// How many frames of one connection [`Backend::message`] may handle at once: API Gateway
     /// invokes the integration for each frame as it arrives (1: one after another).

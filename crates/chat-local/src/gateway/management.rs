@@ -2,6 +2,12 @@
 //! `POST` sends the body to the client as one frame, `GET` describes the connection, `DELETE`
 //! closes it; an unknown or closed connection answers `410 GoneException`.
 //!
+//! The statuses and error types are those of AWS's service model of the API (botocore's
+//! `apigatewaymanagementapi/2018-11-29/service-2.json`, which the SDKs are built from):
+//! `GoneException` 410, `LimitExceededException` 429 ("the WebSocket client side buffer is
+//! full"), `PayloadTooLargeException` 413, `ForbiddenException` 403. Each error names its type
+//! in `x-amzn-ErrorType`, as the REST JSON protocol has the SDKs read it.
+//!
 //! It answers loopback clients only (on AWS the same calls need SigV4 and IAM; locally, being on
 //! the machine is the credential). Signatures sent by the AWS SDK are accepted unchecked.
 
@@ -9,6 +15,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +23,7 @@ use chat_core::domain::ConnectionId;
 use serde_json::json;
 
 use super::AppState;
-use super::registry::{ConnectionHandle, Outbound, close_code};
+use super::registry::{ConnectionHandle, Offered, Outbound, close_code};
 
 /// API Gateway's limit on a posted message.
 pub const MAX_POST_BYTES: usize = 128 * 1024;
@@ -37,6 +44,20 @@ fn gone() -> Response {
     aws_error(StatusCode::GONE, "GoneException", "the connection is gone")
 }
 
+/// What API Gateway answers for a stage or a path it does not serve (its body for a refused
+/// call to execute-api; AWS does not document it for `@connections`).
+pub fn forbidden() -> Response {
+    aws_error(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden")
+}
+
+fn too_large() -> Response {
+    aws_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLargeException",
+        "the message is over 128 KiB",
+    )
+}
+
 /// Why a management call cannot reach its connection.
 enum Unreachable {
     NotLoopback,
@@ -52,9 +73,7 @@ impl IntoResponse for Unreachable {
                 "ForbiddenException",
                 "the management API answers loopback clients only",
             ),
-            Self::NoSuchStage => {
-                aws_error(StatusCode::NOT_FOUND, "NotFoundException", "no such stage")
-            }
+            Self::NoSuchStage => forbidden(),
             Self::Gone => gone(),
         }
     }
@@ -85,28 +104,37 @@ pub async fn post(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((stage, connection_id)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let handle = match live_connection(&state, peer, &stage, connection_id) {
         Ok(handle) => handle,
         Err(unreachable) => return unreachable.into_response(),
     };
-    if body.len() > MAX_POST_BYTES {
-        return aws_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLargeException",
-            "the message is over 128 KiB",
-        );
-    }
+    // A body over the router's limit is refused while it is read; one over 128 KiB within
+    // it here: either way API Gateway's 413.
+    let body = match body {
+        Ok(body) if body.len() <= MAX_POST_BYTES => body,
+        Ok(_) => return too_large(),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large();
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
     // Text when it is UTF-8 (every chat frame is), binary otherwise.
     let frame = match axum::extract::ws::Utf8Bytes::try_from(body.clone()) {
         Ok(text) => Outbound::Text(text),
         Err(_) => Outbound::Binary(body),
     };
-    if handle.push(frame) {
-        StatusCode::OK.into_response()
-    } else {
-        gone()
+    match handle.offer(frame) {
+        Offered::Queued => StatusCode::OK.into_response(),
+        // The client does not read fast enough: API Gateway answers 429 and keeps the
+        // connection (the caller may retry); the gateway's own slow-consumer rules still apply.
+        Offered::Full => aws_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "LimitExceededException",
+            "the client's buffer is full",
+        ),
+        Offered::Closing => gone(),
     }
 }
 
@@ -119,10 +147,12 @@ pub async fn get(
         Ok(handle) => handle,
         Err(unreachable) => return unreachable.into_response(),
     };
-    let mut identity = json!({ "sourceIp": handle.facts.source_ip.to_string() });
-    if let Some(user_agent) = &handle.facts.user_agent {
-        identity["userAgent"] = json!(user_agent);
-    }
+    // Both are required members of `Identity` in AWS's model; a client that sent no
+    // User-Agent gets an empty one (what AWS returns then is not documented).
+    let identity = json!({
+        "sourceIp": handle.facts.source_ip.to_string(),
+        "userAgent": handle.facts.user_agent.as_deref().unwrap_or_default(),
+    });
     Json(json!({
         "connectedAt": iso8601(handle.facts.connected_at_ms),
         "lastActiveAt": iso8601(handle.last_active_ms()),

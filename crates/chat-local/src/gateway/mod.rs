@@ -18,12 +18,14 @@
 
 mod admission;
 pub mod backend;
+pub mod integration;
+mod linger;
 pub mod management;
 mod query;
 pub mod registry;
 mod socket;
 
-pub use backend::{Backend, Closed, Connection, Handshake, Refusal};
+pub use backend::{Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal};
 pub use registry::{Outbox, Posted};
 
 use std::net::SocketAddr;
@@ -147,6 +149,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(management::delete),
         )
         .merge(crate::web::routes())
+        // Any other path (`/dev/@connections` without an id, `/dev/anything`): API Gateway's 403.
+        .fallback(|| async { management::forbidden() })
         // Room for a posted message over the limit, so that the handler can answer 413 itself.
         .layer(DefaultBodyLimit::max(management::MAX_POST_BYTES + 1))
         .with_state(state)
@@ -155,13 +159,14 @@ pub fn router(state: AppState) -> Router {
 async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
     let send_buffer = state.settings.send_buffer;
-    let listener = listener.tap_io(move |tcp| {
+    let listener = linger::LingeringListener(listener).tap_io(move |io| {
+        let tcp = io.tcp();
         // Chat frames are small and latency matters more than packet count.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         if send_buffer > 0
-            && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+            && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer)
         {
             tracing::debug!(error = %e, "cannot set SO_SNDBUF");
         }
@@ -234,6 +239,13 @@ async fn websocket(
         .map(str::to_owned);
     let handshake = Handshake {
         query: query::pairs(&raw_query),
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect(),
     };
     let mut facts = Connection {
         id: ConnectionId::random(),
@@ -253,14 +265,38 @@ async fn websocket(
     let Ok((handle, queue)) = state.registry.register(facts) else {
         return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections");
     };
-    if let Err(refusal) = state.backend.connect(&handle.facts, &handshake).await {
-        state.registry.remove(&connection_id);
-        return refuse_with(refusal);
-    }
+    let connect =
+        async { Ok::<_, IntegrationError>(state.backend.connect(&handle.facts, &handshake).await) };
+    let accepted = match integration::invoke(state.settings.integration_timeout, connect).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(refusal)) => {
+            state.registry.remove(&connection_id);
+            return refuse_with(refusal);
+        }
+        // A `$connect` function that fails (or panics, or runs past the integration timeout)
+        // refuses the handshake. AWS documents no status for WebSocket APIs; a function that
+        // throws is seen by clients as 502 ("Unexpected server response: 502" in wscat), as
+        // for REST APIs' Lambda proxy integrations.
+        Err(failure) => {
+            tracing::error!(connection = %connection_id, ?failure, "$connect failed");
+            state.registry.remove(&connection_id);
+            return refuse(StatusCode::BAD_GATEWAY, "Internal server error");
+        }
+    };
     handle.mark_connected();
     let failed_state = state.clone();
     let failed_id = connection_id.clone();
     let tracker = state.connections.clone();
+    // A subprotocol is negotiated only when the `$connect` response names it in its
+    // `Sec-WebSocket-Protocol` header ("Set up a $connect route that requires a WebSocket
+    // subprotocol", API Gateway developer guide,
+    // https://docs.aws.amazon.com/apigateway/latest/developerguide/websocket-connect-route-subprotocol.html),
+    // and here only one the client offered (RFC 6455 4.2.2). Nothing else of the response
+    // reaches the client.
+    let upgrade = match accepted.subprotocol {
+        Some(protocol) => upgrade.protocols([protocol]),
+        None => upgrade,
+    };
     upgrade
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_MESSAGE_BYTES)

@@ -24,10 +24,25 @@ use super::backend::Connection;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Never sent: the client's close frame had no code (RFC 6455 7.1.5).
+    pub const NO_STATUS: u16 = 1005;
+    /// Never sent: the connection ended without a close frame (RFC 6455 7.1.5).
+    pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+}
+
+/// What [`ConnectionHandle::offer`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// The queue is full; the frame was dropped and the connection left open.
+    Full,
+    /// The connection is closing; the frame was dropped.
+    Closing,
 }
 
 /// A frame waiting in a connection's queue.
@@ -62,29 +77,41 @@ pub struct ConnectionHandle {
     /// GoneException errors with API Gateway WebSocket APIs?"), and so does this gateway.
     connected: AtomicBool,
     last_active_ms: AtomicU64,
+    /// When the writer last sent the client a frame: traffic that resets the idle timer too.
+    last_sent_ms: AtomicU64,
 }
 
 impl ConnectionHandle {
     /// Queues a frame. Returns false when it was dropped: the connection is closing, or its
     /// queue was full, which closes it as a slow consumer.
     pub fn push(&self, frame: Outbound) -> bool {
+        match self.offer(frame) {
+            Offered::Queued => true,
+            Offered::Closing => false,
+            Offered::Full => {
+                tracing::warn!(connection = %self.facts.id, "slow consumer: send queue full, closing");
+                self.close(close_code::POLICY, "slow consumer: send queue full");
+                false
+            }
+        }
+    }
+
+    /// Queues a frame if there is room, and leaves the connection alone when there is not.
+    pub fn offer(&self, frame: Outbound) -> Offered {
         if self.is_closing() {
-            return false;
+            return Offered::Closing;
         }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if self.writer_gone.load(Ordering::Acquire) {
-            return false;
+            return Offered::Closing;
         }
         if queue.len() >= self.queue_len {
-            drop(queue);
-            tracing::warn!(connection = %self.facts.id, "slow consumer: send queue full, closing");
-            self.close(close_code::POLICY, "slow consumer: send queue full");
-            return false;
+            return Offered::Full;
         }
         queue.push_back(frame);
         drop(queue);
         self.writer_waker.wake();
-        true
+        Offered::Queued
     }
 
     fn pop(&self) -> Option<Outbound> {
@@ -166,6 +193,15 @@ impl ConnectionHandle {
 
     pub fn last_active_ms(&self) -> u64 {
         self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records frames written to the client.
+    pub fn sent(&self) {
+        self.last_sent_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_sent_ms(&self) -> u64 {
+        self.last_sent_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -249,6 +285,7 @@ impl Registry {
         let id = facts.id.clone();
         let handle = Arc::new(ConnectionHandle {
             last_active_ms: AtomicU64::new(facts.connected_at_ms),
+            last_sent_ms: AtomicU64::new(facts.connected_at_ms),
             facts,
             queue: Mutex::new(VecDeque::new()),
             queue_len: self.queue_len,
@@ -404,6 +441,19 @@ mod tests {
         assert!(!handle.push(text("4")), "nothing is queued once closing");
         // What was queued before can still go out, then the writer ends.
         assert_eq!(as_text(frames.try_recv().unwrap()), "1");
+    }
+
+    #[test]
+    fn an_offer_to_a_full_queue_is_refused_and_the_connection_stays_open() {
+        let registry = Registry::new(10, 1);
+        let (handle, mut frames) = registry.register(facts("a")).unwrap();
+        assert_eq!(handle.offer(text("1")), Offered::Queued);
+        assert_eq!(handle.offer(text("2")), Offered::Full);
+        assert!(!handle.is_closing());
+        assert_eq!(as_text(frames.try_recv().unwrap()), "1");
+        assert_eq!(handle.offer(text("3")), Offered::Queued);
+        handle.close(close_code::NORMAL, "");
+        assert_eq!(handle.offer(text("4")), Offered::Closing);
     }
 
     #[test]

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Error as AxumError;
-use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use chat_core::domain::ConnectionId;
 use chat_core::protocol::Inbound;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::integration;
 use super::registry::{ConnectionHandle, Frames, Outbound, close_code};
 use super::{AppState, Closed};
 
@@ -29,30 +31,53 @@ where
         + Send
         + 'static,
 {
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         sink,
         queue,
         handle.clone(),
         state.settings.write_timeout,
     ));
-    read_loop(stream, &state, &handle).await;
+    let ended = read_loop(&mut stream, &state, &handle).await;
     // Whatever ended the reader, the writer must end too.
     handle.close(close_code::NORMAL, "");
+    let closed = match &ended {
+        Ended::ClientClosed(closed) => closed.clone(),
+        Ended::Dropped => Closed {
+            status_code: close_code::ABNORMAL,
+            reason: "connection lost".into(),
+        },
+        Ended::ByGateway => {
+            let (status_code, reason) = handle.close_frame().unwrap_or((1006, ""));
+            Closed {
+                status_code,
+                reason: reason.into(),
+            }
+        }
+    };
     // `$disconnect` before leaving the registry: until then, frames for this connection are
     // dropped quietly rather than reported gone, so that its rooms hear its `leave`.
-    let (status_code, reason) = handle.close_frame().unwrap_or((1006, "connection lost"));
-    let closed = Closed {
-        status_code,
-        reason: reason.into(),
-    };
     state.backend.disconnect(&handle.facts, &closed).await;
     state.registry.remove(handle.id());
+    // Once both halves are gone the socket closes, lingering (see `linger`), so that the close
+    // frame reaches the client whatever it still sends.
     let _ = writer.await;
     tracing::debug!(connection = %handle.id(), "connection closed");
 }
 
-async fn read_loop<S>(mut stream: S, state: &AppState, handle: &Arc<ConnectionHandle>)
+/// How the reader ended.
+enum Ended {
+    /// The client's close frame: `$disconnect` reports its code and reason, 1005 when it had
+    /// no code (RFC 6455 7.1.5).
+    ClientClosed(Closed),
+    /// The TCP connection ended without a close frame: 1006 (RFC 6455 7.1.5).
+    Dropped,
+    /// The gateway closed it (idle, lifetime, a limit, a management DELETE, shutdown): its
+    /// close frame is on the way, and `$disconnect` reports its code.
+    ByGateway,
+}
+
+async fn read_loop<S>(stream: &mut S, state: &AppState, handle: &Arc<ConnectionHandle>) -> Ended
 where
     S: Stream<Item = Result<Message, AxumError>> + Unpin,
 {
@@ -71,20 +96,36 @@ where
     tokio::pin!(closing, shutdown, lifetime, idle);
     loop {
         let next = tokio::select! {
-            () = &mut closing => return,
+            () = &mut closing => return Ended::ByGateway,
             () = &mut shutdown => {
                 handle.close(close_code::GOING_AWAY, "server shutting down");
-                return;
+                return Ended::ByGateway;
             }
             () = &mut lifetime => {
                 handle.close(close_code::GOING_AWAY, "connection lifetime exceeded");
-                return;
+                return Ended::ByGateway;
             }
+            // API Gateway's idle timeout: 10 minutes ("Idle Connection Timeout", "Quotas for
+            // configuring and running a WebSocket in API Gateway"). AWS does not say which
+            // traffic counts; messages either way do: a server that posts every few minutes
+            // keeps an otherwise silent client connected (Hotsock's keep-alive,
+            // https://www.hotsock.io/docs/connections/keep-alive/, "if no messages are sent
+            // between the server and client for a 10-minute period"). So a frame from the
+            // client, or one written to it, resets the timer here. WebSocket pings from the
+            // client count too, because PROTOCOL.md promises it ("a WebSocket ping keeps it
+            // open"), although users report that API Gateway ignores protocol-level pings for
+            // idleness (andyrichardson/subscriptionless issue 3): on AWS, send the `ping`
+            // action.
             () = &mut idle => {
-                let deadline = last_frame + settings.idle_timeout;
-                if deadline <= Instant::now() {
+                let now = Instant::now();
+                let since_sent = Duration::from_millis(
+                    chat_core::clock::now_ms().saturating_sub(handle.last_sent_ms()),
+                );
+                let last_traffic = last_frame.max(now.checked_sub(since_sent).unwrap_or(now));
+                let deadline = last_traffic + settings.idle_timeout;
+                if deadline <= now {
                     handle.close(close_code::GOING_AWAY, "idle timeout");
-                    return;
+                    return Ended::ByGateway;
                 }
                 idle.as_mut().reset(deadline);
                 continue;
@@ -92,10 +133,13 @@ where
             next = stream.next() => next,
         };
         let message = match next {
-            None => return,
+            None => return Ended::Dropped,
             Some(Err(e)) => {
-                close_for_read_error(handle, e);
-                return;
+                return if close_for_read_error(handle, e) {
+                    Ended::ByGateway
+                } else {
+                    Ended::Dropped
+                };
             }
             Some(Ok(message)) => message,
         };
@@ -112,15 +156,27 @@ where
                     close_code::UNSUPPORTED_DATA,
                     "binary frames are not supported",
                 );
-                return;
+                return Ended::ByGateway;
             }
             // tungstenite answers pings itself; a ping or pong only keeps the connection alive.
             Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return,
+            Message::Close(frame) => {
+                return Ended::ClientClosed(match frame {
+                    Some(frame) => Closed {
+                        status_code: frame.code,
+                        reason: frame.reason.to_string(),
+                    },
+                    // AWS's words for it, from its sample `$disconnect` event
+                    // (aws_lambda_events' example-apigw-websocket-request-disconnect-route.json).
+                    None => Closed {
+                        status_code: close_code::NO_STATUS,
+                        reason: "Client-side close frame status not set".into(),
+                    },
+                });
+            }
         };
         if frames_at_once == 1 {
-            let reply = state.backend.message(&handle.facts, inbound).await;
-            send_reply(handle, reply);
+            route(state, handle, inbound).await;
             continue;
         }
         let Message::Text(text) = message else {
@@ -128,39 +184,53 @@ where
         };
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
-            () = &mut closing => return,
+            () = &mut closing => return Ended::ByGateway,
             () = &mut shutdown => {
                 handle.close(close_code::GOING_AWAY, "server shutting down");
-                return;
+                return Ended::ByGateway;
             }
         };
         // Its own task, as its own invocation: it runs to its end even if the connection
         // closes meanwhile (its reply then goes nowhere), and the server's shutdown waits for it.
-        let (backend, handle) = (state.backend.clone(), handle.clone());
+        let (task_state, task_handle) = (state.clone(), handle.clone());
         state.connections.spawn(async move {
-            let reply = backend
-                .message(&handle.facts, Inbound::Text(text.as_str()))
-                .await;
-            send_reply(&handle, reply);
+            route(&task_state, &task_handle, Inbound::Text(text.as_str())).await;
             drop(permit);
         });
     }
 }
 
-/// Queues the integration's reply (the route response) for the client.
-fn send_reply(handle: &ConnectionHandle, reply: Option<chat_core::protocol::Payload>) {
-    let Some(reply) = reply else { return };
-    match axum::extract::ws::Utf8Bytes::try_from(reply.bytes().clone()) {
-        Ok(text) => {
-            handle.push(Outbound::Text(text));
+/// Hands a frame to its route's integration and sends the route response back, as API Gateway
+/// does for a two-way route: the response's body, as one text frame, and nothing when it has
+/// none; a failed integration gets API Gateway's error frame instead.
+async fn route(state: &AppState, handle: &ConnectionHandle, inbound: Inbound<'_>) {
+    let request_id = ConnectionId::random();
+    let call = state
+        .backend
+        .message(&handle.facts, request_id.as_str(), inbound);
+    let reply = match integration::invoke(state.settings.integration_timeout, call).await {
+        Ok(None) => return,
+        Ok(Some(reply)) => Utf8Bytes::try_from(reply.bytes().clone()).map_err(|e| {
+            tracing::error!(error = %e, "a reply is not UTF-8");
+        }),
+        Err(failure) => {
+            tracing::error!(connection = %handle.id(), request = %request_id, ?failure, "the integration failed");
+            Ok(
+                integration::internal_server_error(handle.id().as_str(), request_id.as_str())
+                    .into(),
+            )
         }
-        Err(e) => tracing::error!(error = %e, "a reply is not UTF-8"),
+    };
+    if let Ok(text) = reply {
+        handle.push(Outbound::Text(text));
     }
 }
 
 /// A read error ends the connection; the close code says why, as API Gateway and RFC 6455 do.
-fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
-    use tungstenite::error::{CapacityError, Error};
+/// Returns whether the gateway closes it (with a close frame), rather than the connection
+/// being lost.
+fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) -> bool {
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
     match error.into_inner().downcast::<Error>().map(|e| *e) {
         Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
             handle.close(close_code::TOO_BIG, "frame or message too big")
@@ -168,13 +238,22 @@ fn close_for_read_error(handle: &ConnectionHandle, error: AxumError) {
         Ok(Error::Utf8(_)) => {
             handle.close(close_code::INVALID_PAYLOAD, "invalid UTF-8 in a text frame")
         }
+        // The TCP connection ended without a close frame.
+        Ok(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return false,
         Ok(Error::Protocol(e)) => {
             tracing::debug!(connection = %handle.id(), error = %e, "protocol error");
-            handle.close(1002, "protocol error")
+            handle.close(close_code::PROTOCOL, "protocol error")
         }
-        Ok(e) => tracing::debug!(connection = %handle.id(), error = %e, "read error"),
-        Err(e) => tracing::debug!(connection = %handle.id(), error = %e, "read error"),
+        Ok(e) => {
+            tracing::debug!(connection = %handle.id(), error = %e, "read error");
+            return false;
+        }
+        Err(e) => {
+            tracing::debug!(connection = %handle.id(), error = %e, "read error");
+            return false;
+        }
     }
+    true
 }
 
 async fn write_loop<S>(
@@ -215,7 +294,7 @@ async fn write_loop<S>(
             written = timeout(write_timeout, write) => written,
         };
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => handle.sent(),
             Ok(Err(_)) => {
                 // The socket is broken: make the reader stop too.
                 handle.close(close_code::GOING_AWAY, "");
@@ -268,7 +347,7 @@ mod tests {
     use crate::config::Settings;
     use crate::gateway::admission::Admission;
     use crate::gateway::registry::Registry;
-    use crate::gateway::{Backend, Connection, Handshake, Refusal};
+    use crate::gateway::{Accepted, Backend, Connection, Handshake, IntegrationError, Refusal};
 
     /// A socket whose far end is two channels.
     struct ChannelSocket {
@@ -314,13 +393,22 @@ mod tests {
         ) -> Result<Option<Map<String, Value>>, Refusal> {
             Ok(None)
         }
-        async fn connect(&self, _: &Connection, _: &Handshake) -> Result<(), Refusal> {
-            Ok(())
+        async fn connect(&self, _: &Connection, _: &Handshake) -> Result<Accepted, Refusal> {
+            Ok(Accepted::default())
         }
-        async fn message(&self, _: &Connection, inbound: Inbound<'_>) -> Option<Payload> {
+        async fn message(
+            &self,
+            _: &Connection,
+            _: &str,
+            inbound: Inbound<'_>,
+        ) -> Result<Option<Payload>, IntegrationError> {
             match inbound {
-                Inbound::Text(text) => Some(Payload::from_json(format!("echo:{text}"))),
-                Inbound::Binary => None,
+                Inbound::Text("panic") => panic!("a bug in the integration"),
+                Inbound::Text("fail") => Err(IntegrationError("a function error".into())),
+                Inbound::Text("hang") => std::future::pending().await,
+                Inbound::Text("silent") => Ok(None),
+                Inbound::Text(text) => Ok(Some(Payload::from_json(format!("echo:{text}")))),
+                Inbound::Binary => Ok(None),
             }
         }
         async fn disconnect(&self, connection: &Connection, closed: &Closed) {
@@ -341,8 +429,13 @@ mod tests {
     }
 
     fn start() -> Harness {
+        start_with(|_| {})
+    }
+
+    fn start_with(adjust: impl FnOnce(&mut Settings)) -> Harness {
         let dir = std::env::temp_dir();
-        let settings = Settings::for_tests(dir);
+        let mut settings = Settings::for_tests(dir);
+        adjust(&mut settings);
         let backend = Arc::new(Echo::default());
         let registry = Arc::new(Registry::new(10, 16));
         let state = AppState {
@@ -429,5 +522,100 @@ mod tests {
             .unwrap();
         let disconnects = h.backend.disconnects.lock().unwrap();
         assert_eq!(disconnects[0].1.status_code, close_code::POLICY);
+    }
+
+    /// API Gateway's frame for a failed integration, as JSON.
+    fn error_frame(message: Message) -> Value {
+        let Message::Text(text) = message else {
+            panic!("expected a text frame, got {message:?}");
+        };
+        assert!(
+            text.starts_with(r#"{"message": "Internal server error", "connectionId":""#),
+            "{text}"
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_integration_gets_api_gateways_error_frame_and_the_connection_goes_on() {
+        let mut h = start_with(|s| s.integration_timeout = Duration::from_millis(200));
+        let mut request_ids = Vec::new();
+        for text in ["panic", "fail", "hang"] {
+            h.client_out.send(Message::Text(text.into())).unwrap();
+            let frame = error_frame(next(&mut h).await);
+            assert_eq!(frame["connectionId"], h.handle.id().as_str(), "{text}");
+            let request_id = frame["requestId"].as_str().unwrap().to_owned();
+            assert_eq!(request_id.len(), 16, "API Gateway's form: {request_id}");
+            request_ids.push(request_id);
+        }
+        request_ids.dedup();
+        assert_eq!(request_ids.len(), 3, "one request id per request");
+        h.client_out.send(Message::Text("after".into())).unwrap();
+        assert_eq!(next(&mut h).await, Message::Text("echo:after".into()));
+        assert!(!h.handle.is_closing());
+    }
+
+    #[tokio::test]
+    async fn a_route_response_without_a_body_sends_nothing() {
+        let mut h = start();
+        h.client_out.send(Message::Text("silent".into())).unwrap();
+        h.client_out.send(Message::Text("b".into())).unwrap();
+        assert_eq!(next(&mut h).await, Message::Text("echo:b".into()));
+    }
+
+    async fn disconnect_after(h: &mut Harness, end: impl FnOnce(&mut Harness)) -> Closed {
+        end(h);
+        tokio::time::timeout(Duration::from_secs(5), &mut h.task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let disconnects = h.backend.disconnects.lock().unwrap();
+        assert_eq!(disconnects.len(), 1);
+        disconnects[0].1.clone()
+    }
+
+    #[tokio::test]
+    async fn disconnect_reports_the_clients_close_code_and_reason() {
+        let mut h = start();
+        let closed = disconnect_after(&mut h, |h| {
+            let frame = CloseFrame {
+                code: 4001,
+                reason: "bye now".into(),
+            };
+            h.client_out.send(Message::Close(Some(frame))).unwrap();
+        })
+        .await;
+        assert_eq!(
+            closed,
+            Closed {
+                status_code: 4001,
+                reason: "bye now".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_without_a_code_is_1005_and_a_lost_connection_1006() {
+        let mut h = start();
+        let closed = disconnect_after(&mut h, |h| {
+            h.client_out.send(Message::Close(None)).unwrap();
+        })
+        .await;
+        assert_eq!(
+            closed,
+            Closed {
+                status_code: 1005,
+                reason: "Client-side close frame status not set".into()
+            }
+        );
+
+        let mut h = start();
+        let closed = disconnect_after(&mut h, |h| {
+            // The client's end goes away without a close frame.
+            let (dead, _) = mpsc::unbounded_channel();
+            h.client_out = dead;
+        })
+        .await;
+        assert_eq!(closed.status_code, 1006);
     }
 }

@@ -11,4 +11,5 @@ mod lambda_binary;
 mod notifiers;
 mod pipelined;
 mod recovery;
+mod strict;
 mod support;

@@ -1,11 +1,12 @@
 //! Shared helpers: a server on 127.0.0.1:0, a WebSocket client, a tiny HTTP client.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_local::Settings;
 use chat_local::config::BackendKind;
-use chat_local::gateway::Server;
+use chat_local::gateway::{Backend, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,9 +42,30 @@ impl TestServer {
         this
     }
 
+    /// Like [`TestServer::start_with`], with the back end wrapped by `wrap` (an integration that
+    /// fails, or one that records what it is given), in front of the real one.
+    pub async fn start_wrapped(
+        adjust: impl FnOnce(&mut Settings),
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::for_tests(dir.path().to_path_buf());
+        adjust(&mut settings);
+        let mut this = Self::start_on_wrapped(settings, wrap).await;
+        this._dir = Some(dir);
+        this
+    }
+
     /// Starts on exactly these settings (a restart reuses the address and data directory), with
     /// the back end `CHAT_TEST_BACKEND` names.
-    pub async fn start_on(mut settings: Settings) -> Self {
+    pub async fn start_on(settings: Settings) -> Self {
+        Self::start_on_wrapped(settings, |backend| backend).await
+    }
+
+    async fn start_on_wrapped(
+        mut settings: Settings,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Self {
         // The server's logs, when RUST_LOG asks for them (e.g. RUST_LOG=warn).
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -59,9 +81,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind(settings.addr)
             .await
             .expect("the test server's address is free");
-        let server = chat_local::run(listener, settings.clone(), CancellationToken::new())
-            .await
-            .expect("server starts");
+        let server =
+            chat_local::run_with(listener, settings.clone(), CancellationToken::new(), wrap)
+                .await
+                .expect("server starts");
         Self {
             addr: server.local_addr,
             server: Some(server),
