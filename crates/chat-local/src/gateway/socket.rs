@@ -11,6 +11,7 @@ use axum::Error as AxumError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chat_core::domain::ConnectionId;
 use chat_core::protocol::Inbound;
+use chat_core::service::MAX_FRAME_BYTES;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, sleep_until, timeout};
 
@@ -210,6 +211,17 @@ async fn route(state: &AppState, handle: &ConnectionHandle, inbound: Inbound<'_>
         .message(&handle.facts, request_id.as_str(), inbound);
     let reply = match integration::invoke(state.settings.integration_timeout, call).await {
         Ok(None) => return,
+        // API Gateway delivers no message over 128 KB ("WebSocket API message payload size",
+        // Amazon API Gateway quotas). What it does with a bigger route response is not
+        // documented; the client gets the error frame, so that it does not wait forever and
+        // the developer sees it.
+        Ok(Some(reply)) if reply.bytes().len() > MAX_FRAME_BYTES => {
+            tracing::error!(connection = %handle.id(), request = %request_id, bytes = reply.bytes().len(), "a route response over 128 KB: not delivered");
+            Ok(
+                integration::internal_server_error(handle.id().as_str(), request_id.as_str())
+                    .into(),
+            )
+        }
         Ok(Some(reply)) => Utf8Bytes::try_from(reply.bytes().clone()).map_err(|e| {
             tracing::error!(error = %e, "a reply is not UTF-8");
         }),

@@ -1,14 +1,21 @@
 //! A busy `lobby` while clients connect: API Gateway answers 410 to a post for a connection whose
 //! `$connect` has not returned, and the chat stores a connection in `lobby` during its
 //! `$connect`. The gateway reproduces the 410 (on both back ends); the chat must not remove a
-//! newcomer for it.
+//! newcomer for it. A `$connect` here takes 300 ms more after the chat stored the connection (a
+//! cold start, a slow authorizer, a slow network to DynamoDB), so that the flood's fan-outs
+//! reach every newcomer inside that window.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use chat_core::protocol::{Inbound, Payload};
+use chat_local::gateway::{
+    Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal,
+};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -79,15 +86,64 @@ impl Reading {
     }
 }
 
+/// The real integration, with a `$connect` that returns 300 ms after the chat stored the
+/// connection.
+struct SlowConnect(Arc<dyn Backend>);
+
+#[async_trait]
+impl Backend for SlowConnect {
+    async fn authorize(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Option<Map<String, Value>>, Refusal> {
+        self.0.authorize(connection, handshake).await
+    }
+
+    async fn connect(
+        &self,
+        connection: &Connection,
+        handshake: &Handshake,
+    ) -> Result<Accepted, Refusal> {
+        let accepted = self.0.connect(connection, handshake).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(accepted)
+    }
+
+    async fn message(
+        &self,
+        connection: &Connection,
+        request_id: &str,
+        inbound: Inbound<'_>,
+    ) -> Result<Option<Payload>, IntegrationError> {
+        self.0.message(connection, request_id, inbound).await
+    }
+
+    fn frames_at_once(&self) -> usize {
+        self.0.frames_at_once()
+    }
+
+    async fn disconnect(&self, connection: &Connection, closed: &Closed) {
+        self.0.disconnect(connection, closed).await
+    }
+
+    async fn shutdown(&self) {
+        self.0.shutdown().await
+    }
+}
+
 #[tokio::test]
 async fn clients_connecting_while_lobby_is_flooded_can_all_send_and_receive() {
     const NEWCOMERS: usize = 50;
-    let server = TestServer::start_with(|settings| {
-        settings.rate_burst = 1_000_000;
-        settings.rate_per_second = 1_000_000;
-        settings.ip_connect_burst = 1_000;
-        settings.send_queue = 100_000;
-    })
+    let server = TestServer::start_wrapped(
+        |settings| {
+            settings.rate_burst = 1_000_000;
+            settings.rate_per_second = 1_000_000;
+            settings.ip_connect_burst = 1_000;
+            settings.send_queue = 100_000;
+        },
+        |real| Arc::new(SlowConnect(real)),
+    )
     .await;
     let mut flooder = Reading::new(server.client("flooder").await);
     let flooding = Arc::new(AtomicBool::new(true));

@@ -90,6 +90,11 @@ impl Backend for Faulty {
             Some("explode") => panic!("a bug in the handler"),
             Some("stall") => std::future::pending().await,
             Some("fail") => Err(IntegrationError("a function error".into())),
+            // A route response over API Gateway's 128 KB.
+            Some("huge") => Ok(Some(Payload::from_json(format!(
+                r#"{{"type":"pong","pad":"{}"}}"#,
+                "x".repeat(130 * 1024)
+            )))),
             _ => self.inner.message(connection, request_id, inbound).await,
         }
     }
@@ -131,7 +136,7 @@ async fn a_failed_integration_gets_api_gateways_error_frame_and_the_connection_s
     let mut ada = server.client("ada").await;
     let connection_id = server.connection_ids()[0].as_str().to_owned();
     let mut request_ids = Vec::new();
-    for action in ["explode", "fail", "stall"] {
+    for action in ["explode", "fail", "stall", "huge"] {
         ada.send(json!({"action": action, "requestId": "mine"}))
             .await;
         let text = recv_text(&mut ada).await;
@@ -150,7 +155,7 @@ async fn a_failed_integration_gets_api_gateways_error_frame_and_the_connection_s
         request_ids.push(request_id.to_owned());
     }
     request_ids.dedup();
-    assert_eq!(request_ids.len(), 3);
+    assert_eq!(request_ids.len(), 4);
     assert_eq!(ada.request(json!({"action":"ping"})).await["type"], "pong");
     ada.say("lobby", "still here").await;
 }
