@@ -207,6 +207,7 @@
       roomOrder: [], // names, in the order shown
       current: null,
       pending: new Map(), // clientMsgId -> pending send, in creation order
+      awaitingAck: new Map(), // room -> clientMsgId of its message sent and not yet acknowledged
       requests: new Map(), // requestId -> what it asked (for relating replies and errors)
       seq: 0,
       // connection
@@ -247,9 +248,11 @@
       hasMoreOlder: false,
       loadingOlder: false,
       catchingUp: false,
-      // Newest id up to which this client holds every message: the `since` of the next rejoin.
-      // Live messages only move it while nothing is missing before them.
-      syncedTo: null,
+      // The room's seq up to which this client holds every message (the `sinceSeq` of the next
+      // rejoin), and the seqs it holds past it. Live messages of a room can arrive out of seq
+      // order (two senders' fan-outs interleave), so only a gap-free run moves it.
+      syncedSeq: null,
+      heldSeqs: new Set(),
       members: new Map(), // memberKey -> { member, count }
       typing: new Map(), // memberKey -> { member, timer }
       unread: 0,
@@ -263,7 +266,6 @@
     return room;
   }
 
-  const newestId = (room) => (room.ids.length ? room.ids[room.ids.length - 1] : null);
   const oldestId = (room) => (room.ids.length ? room.ids[0] : null);
 
   function isMine(sender) {
@@ -320,12 +322,12 @@
       hideBanner();
       startKeepAlive();
       // The server puts every connection in lobby without a `joined`; joining explicitly
-      // fetches lobby's members and history. After a reconnect, `since` asks only for what
+      // fetches lobby's members and history. After a reconnect, `sinceSeq` asks only for what
       // was missed.
       for (const name of state.roomOrder) {
         const room = state.rooms.get(name);
-        const since = room.syncedTo;
-        send('joinRoom', since ? { room: name, since } : { room: name }, { since });
+        const sinceSeq = room.syncedSeq;
+        send('joinRoom', sinceSeq != null ? { room: name, sinceSeq } : { room: name }, { sinceSeq });
       }
       if (!state.rooms.has(LOBBY)) send('leaveRoom', { room: LOBBY }, { silent: true });
     };
@@ -373,6 +375,7 @@
 
   function onDisconnected() {
     state.requests.clear();
+    state.awaitingAck.clear();
     for (const room of state.rooms.values()) {
       room.joined = false;
       room.dom.timeline.dataset.joined = 'false';
@@ -521,23 +524,23 @@
     room.joined = true;
     room.dom.timeline.dataset.joined = 'true';
     setMembers(room, f.members);
-    const history = Array.isArray(f.history) ? f.history : [];
-    const since = req && req.since;
-    if (since) {
-      // Recovering after a reconnect: these are the messages after `since`, oldest first.
-      let fresh = 0;
-      for (const m of history) if (addMessage(room, m)) fresh += !isMine(m.sender) ? 1 : 0;
-      countUnread(room, fresh);
-      if (history.length) room.syncedTo = maxId(room.syncedTo, history[history.length - 1].id);
-      if (f.hasMore && history.length) fetchAfter(room, history[history.length - 1].id);
-      else room.syncedTo = maxId(room.syncedTo, newestId(room));
+    const sinceSeq = req ? req.sinceSeq : null;
+    if (sinceSeq != null) {
+      // Recovering after a reconnect: every event after `sinceSeq`, oldest first.
+      const events = Array.isArray(f.events) ? f.events : [];
+      addEvents(room, events);
+      if (f.hasMore && events.length) fetchAfterSeq(room, events[events.length - 1].seq);
     } else {
+      const history = Array.isArray(f.history) ? f.history : [];
       prependOrMerge(room, history);
       if (!room.historyLoaded) {
         room.historyLoaded = true;
         room.hasMoreOlder = !!f.hasMore;
       }
-      room.syncedTo = maxId(room.syncedTo, newestId(room));
+      // Every message up to the room's seq at the join is stored (older ones load by
+      // scrolling); what comes after is in this page or arrives live.
+      if (room.syncedSeq == null && Number.isInteger(f.seq)) room.syncedSeq = f.seq;
+      for (const m of history) noteSeq(room, m.seq);
     }
     updateHistoryStart(room);
     if (req && req.userInitiated) {
@@ -553,11 +556,27 @@
     saveStored();
   }
 
-  const maxId = (a, b) => (!a ? b || null : !b ? a : (a > b ? a : b));
+  /// A message of the room with this seq is held: the gap-free run moves on while it can.
+  function noteSeq(room, seq) {
+    if (room.syncedSeq == null || !Number.isInteger(seq) || seq <= room.syncedSeq) return;
+    room.heldSeqs.add(seq);
+    while (room.heldSeqs.delete(room.syncedSeq + 1)) room.syncedSeq += 1;
+  }
 
-  function fetchAfter(room, after) {
+  /// Recovered events (messages today), oldest first.
+  function addEvents(room, events) {
+    let fresh = 0;
+    for (const e of events) {
+      if (!e || e.type !== 'message') continue;
+      if (addMessage(room, e)) fresh += !isMine(e.sender) ? 1 : 0;
+      noteSeq(room, e.seq);
+    }
+    countUnread(room, fresh);
+  }
+
+  function fetchAfterSeq(room, afterSeq) {
     room.catchingUp = true;
-    send('history', { room: room.name, after, limit: CATCHUP_PAGE }, { direction: 'after' });
+    send('history', { room: room.name, afterSeq, limit: CATCHUP_PAGE }, { direction: 'afterSeq' });
   }
 
   function onMessage(f) {
@@ -565,7 +584,7 @@
     if (!room) return;
     const mine = isMine(f.sender) || (f.clientMsgId && state.pending.has(f.clientMsgId));
     const isNew = addMessage(room, f);
-    if (room.joined && !room.catchingUp) room.syncedTo = maxId(room.syncedTo, f.id);
+    noteSeq(room, f.seq);
     if (!isNew) return;
     clearTypingFor(room, f.sender);
     if (!mine) countUnread(room, 1);
@@ -577,7 +596,11 @@
     const req = takeRequest(f);
     const cid = f.clientMsgId || (req && req.clientMsgId);
     const p = cid ? state.pending.get(cid) : null;
-    if (!p) return;
+    // Whether or not the echo came first (which already showed it), the room's next may go.
+    if (!p) {
+      ackArrived(f.room, cid);
+      return;
+    }
     const room = state.rooms.get(p.room);
     // The echo usually arrived first; a retry after a reconnect gets only the ack.
     if (room && typeof f.id === 'string' && !room.msgs.has(f.id)) {
@@ -586,8 +609,9 @@
       });
       if (room === currentRoom()) scrollToBottom(room);
     }
-    if (room && room.joined && !room.catchingUp && typeof f.id === 'string') room.syncedTo = maxId(room.syncedTo, f.id);
+    if (room) noteSeq(room, f.seq);
     resolvePending(cid);
+    ackArrived(p.room, cid);
   }
 
   function onHistory(f) {
@@ -595,16 +619,11 @@
     const room = state.rooms.get(f.room);
     if (!room || !req) return;
     const messages = Array.isArray(f.messages) ? f.messages : [];
-    if (req.direction === 'after') {
-      let fresh = 0;
-      for (const m of messages) if (addMessage(room, m)) fresh += !isMine(m.sender) ? 1 : 0;
-      countUnread(room, fresh);
-      if (messages.length) room.syncedTo = maxId(room.syncedTo, messages[messages.length - 1].id);
-      if (f.hasMore && messages.length) fetchAfter(room, messages[messages.length - 1].id);
-      else {
-        room.catchingUp = false;
-        room.syncedTo = maxId(room.syncedTo, newestId(room));
-      }
+    if (req.direction === 'afterSeq') {
+      const events = Array.isArray(f.events) ? f.events : [];
+      addEvents(room, events);
+      if (f.hasMore && events.length) fetchAfterSeq(room, events[events.length - 1].seq);
+      else room.catchingUp = false;
       if (room === currentRoom() && room.atBottom) scrollToBottom(room);
     } else {
       room.loadingOlder = false;
@@ -697,12 +716,14 @@
           p.error = words;
           p.code = code;
           renderPendingState(p);
+          // The next of the room goes; this one waits for the user's retry.
+          ackArrived(p.room, p.cid);
         }
         break;
       }
       case 'history':
         if (room) {
-          if (req.direction === 'after') room.catchingUp = false;
+          if (req.direction === 'afterSeq') room.catchingUp = false;
           else {
             room.loadingOlder = false;
             if (code !== 'rate_limited' && code !== 'internal') room.hasMoreOlder = false;
@@ -1107,8 +1128,16 @@
     p.el = renderPending(p);
     room.dom.pending.append(p.el);
     scrollToBottom(room);
-    if (room.joined && isOpen()) transmit(p);
+    flushPending(room);
     renderPendingState(p);
+  }
+
+  /// Whether a message of this room is sent and not yet acknowledged. One at a time per room:
+  /// on AWS each frame is its own Lambda invocation, so two pipelined messages may be stored in
+  /// either order; the next goes after the previous one's ack, which keeps them in the order
+  /// typed (PROTOCOL.md: a message sent after another's ack reaches everyone after it).
+  function inFlight(roomName) {
+    return state.awaitingAck.has(roomName);
   }
 
   function transmit(p) {
@@ -1127,15 +1156,22 @@
     }
     const requestId = send('sendMessage', { room: p.room, text: p.text, clientMsgId: p.cid }, { clientMsgId: p.cid });
     if (requestId) {
+      state.awaitingAck.set(p.room, p.cid);
       p.state = 'sent';
       p.error = null;
       renderPendingState(p);
     }
   }
 
+  /// Sends the room's oldest queued message, unless one is in flight.
   function flushPending(room) {
+    if (!room || !room.joined || !isOpen() || inFlight(room.name)) return;
     for (const p of state.pending.values()) {
-      if (p.room === room.name && p.state === 'queued') transmit(p);
+      if (p.room === room.name && p.state === 'queued') {
+        transmit(p);
+        // Refused before it left (too long): the next one may go.
+        if (p.state === 'sent') return;
+      }
     }
   }
 
@@ -1144,6 +1180,14 @@
     if (!p) return;
     state.pending.delete(cid);
     if (p.el) p.el.remove();
+  }
+
+  /// The ack (or the refusal) of a room's message in flight came: the room's next may go. Not
+  /// on its echo, which comes during the fan-out: only the ack says it reached everyone.
+  function ackArrived(roomName, cid) {
+    if (!roomName || state.awaitingAck.get(roomName) !== cid) return;
+    state.awaitingAck.delete(roomName);
+    flushPending(state.rooms.get(roomName));
   }
 
   function renderPending(p) {
@@ -1170,8 +1214,7 @@
       retry.addEventListener('click', () => {
         p.state = 'queued';
         p.el.classList.remove('failed');
-        const room = state.rooms.get(p.room);
-        if (room && room.joined && isOpen()) transmit(p);
+        flushPending(state.rooms.get(p.room));
         renderPendingState(p);
       });
       const edit = el('button', { type: 'button', class: 'link-button', 'data-testid': 'edit', text: 'Edit' });
