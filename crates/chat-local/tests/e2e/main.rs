@@ -11,5 +11,6 @@ mod lambda_binary;
 mod notifiers;
 mod pipelined;
 mod recovery;
+mod replies;
 mod strict;
 mod support;
