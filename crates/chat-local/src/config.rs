@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chat_aws::Tables;
 use chat_core::ChatConfig;
 use chat_core::rate_limit::RateLimit;
 use clap::{Args, ValueEnum};
@@ -94,11 +93,11 @@ pub struct Settings {
     pub backend: BackendKind,
 
     /// Lambda mode: the connections table.
-    #[arg(long, env = "WEBSOCKET_TABLE", default_value = Tables::DEFAULT_CONNECTIONS)]
+    #[arg(long, env = "WEBSOCKET_TABLE", default_value = DEFAULT_CONNECTIONS_TABLE)]
     pub websocket_table: String,
 
     /// Lambda mode: the messages table.
-    #[arg(long, env = "MESSAGES_TABLE", default_value = Tables::DEFAULT_MESSAGES)]
+    #[arg(long, env = "MESSAGES_TABLE", default_value = DEFAULT_MESSAGES_TABLE)]
     pub messages_table: String,
 
     /// Lambda mode: create the tables when they are missing (local DynamoDB; SAM creates them on
@@ -123,9 +122,15 @@ pub struct Settings {
 
     /// Lambda mode: the AWS SDK's configuration; `None` reads it from the environment, as on
     /// Lambda. Not a flag: tests and embedders set it (e.g. to point at a local DynamoDB).
+    #[cfg(feature = "lambda")]
     #[arg(skip)]
     pub aws: Option<aws_config::SdkConfig>,
 }
+
+/// The tables' default names, those of `chat_aws::Tables` (a test says so), here too so that
+/// a build without the Lambda mode still knows its flags.
+const DEFAULT_CONNECTIONS_TABLE: &str = "WebSocketConnections";
+const DEFAULT_MESSAGES_TABLE: &str = "ChatMessages";
 
 fn parse_stage(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
@@ -175,5 +180,18 @@ impl Settings {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("chat.db")
+    }
+}
+
+#[cfg(all(test, feature = "lambda"))]
+mod tests {
+    #[test]
+    fn the_default_table_names_are_the_stores_own() {
+        use chat_aws::Tables;
+        assert_eq!(
+            super::DEFAULT_CONNECTIONS_TABLE,
+            Tables::DEFAULT_CONNECTIONS
+        );
+        assert_eq!(super::DEFAULT_MESSAGES_TABLE, Tables::DEFAULT_MESSAGES);
     }
 }

@@ -30,7 +30,6 @@ pub use config::Settings;
 pub use gateway::Server;
 
 use backends::embedded::Embedded;
-use backends::lambda::LambdaBackend;
 use config::BackendKind;
 use gateway::{Backend, Gateway};
 
@@ -56,13 +55,20 @@ pub async fn run_with(
     let gateway = Gateway::new(&settings);
     let backend: Arc<dyn Backend> = match settings.backend {
         BackendKind::Embedded => Arc::new(Embedded::open(&settings, gateway.outbox())?),
+        #[cfg(feature = "lambda")]
         BackendKind::Lambda => {
             let sdk = match &settings.aws {
                 Some(sdk) => sdk.clone(),
                 None => backends::lambda::sdk_config_from_env().await,
             };
-            Arc::new(LambdaBackend::open(&settings, &sdk, listener.local_addr()?).await?)
+            let addr = listener.local_addr()?;
+            Arc::new(backends::lambda::LambdaBackend::open(&settings, &sdk, addr).await?)
         }
+        #[cfg(not(feature = "lambda"))]
+        BackendKind::Lambda => anyhow::bail!(
+            "this build has no Lambda mode: build with it (cargo run --release -p chat-local \
+             --features lambda -- serve --backend lambda)"
+        ),
     };
     gateway.serve(listener, settings, wrap(backend), shutdown)
 }

@@ -2,12 +2,15 @@
 //!
 //! - [`embedded`]: the chat core in process, with SQLite for messages, memory for connections,
 //!   and delivery through the gateway's [`Outbox`](crate::gateway::Outbox).
-//! - [`lambda`]: the Lambda handlers of `chat-lambda`, unchanged, fed the events API Gateway
+//! - [`lambda`] (cargo feature `lambda`): the Lambda handlers of `chat-lambda`, unchanged, fed the events API Gateway
 //!   would send, on DynamoDB, posting to the gateway's own `@connections` over HTTP.
 //! - [`events`]: those events, in API Gateway's exact JSON shapes.
 //! - [`policy`]: the authorizer's IAM policy, evaluated as API Gateway does.
 
 pub mod embedded;
+#[cfg(feature = "lambda")]
 pub mod events;
+#[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "lambda")]
 pub mod policy;

@@ -1,13 +1,17 @@
 //! End to end: the `chat` server on 127.0.0.1:0, real WebSocket clients over real sockets.
 //!
-//! One test binary with shared helpers, to save link time.
+//! One test binary with shared helpers, to save link time. The tests of the Lambda mode's own
+//! parts need the `lambda` feature (`scripts/test` turns it on); `CHAT_TEST_BACKEND=lambda` runs
+//! the whole suite on that back end.
 
 mod actions;
 mod bad_input;
 mod binary;
 mod connecting;
 mod gateway;
+#[cfg(feature = "lambda")]
 mod lambda_binary;
+#[cfg(feature = "lambda")]
 mod notifiers;
 mod pipelined;
 mod recovery;

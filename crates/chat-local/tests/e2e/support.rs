@@ -75,8 +75,15 @@ impl TestServer {
         }
         if lambda_backend() {
             use_lambda(&mut settings);
-            // moto makes each request atomic only one at a time (as DynamoDB does at once).
-            settings.aws = Some(chat_aws::testing::one_request_at_a_time().await);
+            #[cfg(feature = "lambda")]
+            {
+                // moto makes each request atomic only one at a time (as DynamoDB does at once).
+                settings.aws = Some(chat_aws::testing::one_request_at_a_time().await);
+            }
+            #[cfg(not(feature = "lambda"))]
+            panic!(
+                "CHAT_TEST_BACKEND=lambda needs the lambda feature: cargo test --features lambda"
+            );
         }
         let listener = tokio::net::TcpListener::bind(settings.addr)
             .await
@@ -182,6 +189,7 @@ impl Client {
     }
 
     /// Closes the connection from the client's side (a close frame).
+    #[cfg_attr(not(feature = "lambda"), allow(dead_code))]
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
