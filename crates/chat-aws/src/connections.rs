@@ -147,25 +147,12 @@ impl DynamoConnections {
     /// Runs a transaction; `Ok(false)` when it was cancelled (a condition failed, or it
     /// conflicted with another), so that the caller reads again and decides again.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> StoreResult<bool> {
-        let result = self
-            .db
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .set_return_consumed_capacity(self.db.capacity())
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                self.db
-                    .record("TransactWriteItems", Units::Write, out.consumed_capacity());
-                Ok(true)
-            }
-            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
-                tracing::debug!(error = ?e.err(), "transaction cancelled; reading again");
+        match self.db.transact(items).await? {
+            Ok(()) => Ok(true),
+            Err(cancelled) => {
+                tracing::debug!(error = ?cancelled, "transaction cancelled; reading again");
                 Ok(false)
             }
-            Err(e) => Err(sdk_error("TransactWriteItems", e)),
         }
     }
 

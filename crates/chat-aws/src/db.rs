@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity, ReturnConsumedCapacity};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, TransactWriteItem,
+};
 use chat_core::domain::Member;
-use chat_core::ports::StoreError;
+use chat_core::ports::{StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};
@@ -46,6 +50,39 @@ impl Db {
     ) {
         if let Some(meter) = &self.meter {
             meter.record(operation, units, consumed);
+        }
+    }
+}
+
+impl Db {
+    /// Runs a transaction, counting what it cost. `Ok(Err(cancelled))` when DynamoDB cancelled
+    /// it (a condition failed, or another request on its items was under way: its reasons say
+    /// which item), so that the caller reads again and decides again.
+    pub async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> StoreResult<Result<(), TransactionCanceledException>> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .set_return_consumed_capacity(self.capacity())
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                self.record("TransactWriteItems", Units::Write, out.consumed_capacity());
+                Ok(Ok(()))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
+                match e.into_err() {
+                    TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+                        Ok(Err(cancelled))
+                    }
+                    other => Err(StoreError(format!("TransactWriteItems: {other}"))),
+                }
+            }
+            Err(e) => Err(sdk_error("TransactWriteItems", e)),
         }
     }
 }

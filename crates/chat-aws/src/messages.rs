@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
@@ -216,20 +214,8 @@ impl DynamoMessages {
             .move_head(room, head.seq, head.seq + 1, None)
             .build()
             .map_err(StoreError::new)?;
-        let result = self
-            .db
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("TransactWriteItems", e)),
-        }
+        let items = vec![TransactWriteItem::builder().update(update).build()];
+        Ok(self.db.transact(items).await?.is_ok())
     }
 
     /// Writes the message at its turn (`head` is at the seq before `ticket`): what the
@@ -254,12 +240,10 @@ impl DynamoMessages {
             .move_head(&stored.room, head.seq, stored.seq, Some(stored.id))
             .build()
             .map_err(StoreError::new)?;
-        let mut transaction = self
-            .db
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(move_head).build())
-            .transact_items(TransactWriteItem::builder().put(put_message).build());
+        let mut items = vec![
+            TransactWriteItem::builder().update(move_head).build(),
+            TransactWriteItem::builder().put(put_message).build(),
+        ];
         if let Some(client_msg_id) = &stored.client_msg_id {
             let dedupe = DedupeItem {
                 room: stored.room.as_str().to_owned(),
@@ -273,49 +257,33 @@ impl DynamoMessages {
                 .expression_attribute_names("#sk", SORT_KEY)
                 .build()
                 .map_err(StoreError::new)?;
-            transaction =
-                transaction.transact_items(TransactWriteItem::builder().put(put_dedupe).build());
+            items.push(TransactWriteItem::builder().put(put_dedupe).build());
         }
-        let result = transaction
-            .set_return_consumed_capacity(self.db.capacity())
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                self.db
-                    .record("TransactWriteItems", Units::Write, out.consumed_capacity());
-                Ok(Attempt::Stored(stored))
-            }
-            // Nothing was written: the head was not at the seq before (a stalled-writer skip
-            // passed this turn; or `TransactionConflict`: another request on these items is
-            // under way), or the idempotency key exists.
-            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
-                let reasons = match e.err() {
-                    TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-                        cancelled.cancellation_reasons()
-                    }
-                    _ => &[],
-                };
-                let code = |index: usize| reasons.get(index).and_then(|reason| reason.code());
-                let failed = |index: usize| code(index).is_some_and(|code| code != "None");
-                // Reasons are in the order of the items: head, message, idempotency key. When
-                // DynamoDB gives none, look for the key to know.
-                if stored.client_msg_id.is_some() && (failed(2) || reasons.is_empty()) {
-                    return Ok(Attempt::KeyExists {
-                        my_turn: !reasons.is_empty() && !failed(0),
-                    });
-                }
-                let now = match reasons.first() {
-                    Some(reason) if reason.code() == Some("ConditionalCheckFailed") => reason
-                        .item()
-                        .map(|item| head_of(Some(item.clone())))
-                        .transpose()?,
-                    _ => None,
-                };
-                Ok(Attempt::NotMyTurn(now))
-            }
-            Err(e) => Err(sdk_error("TransactWriteItems", e)),
+        // Nothing was written when it is cancelled: the head was not at the seq before (a
+        // stalled-writer skip passed this turn; or `TransactionConflict`: another request on
+        // these items is under way), or the idempotency key exists.
+        let cancelled = match self.db.transact(items).await? {
+            Ok(()) => return Ok(Attempt::Stored(stored)),
+            Err(cancelled) => cancelled,
+        };
+        let reasons = cancelled.cancellation_reasons();
+        let code = |index: usize| reasons.get(index).and_then(|reason| reason.code());
+        let failed = |index: usize| code(index).is_some_and(|code| code != "None");
+        // Reasons are in the order of the items: head, message, idempotency key. When DynamoDB
+        // gives none, look for the key to know.
+        if stored.client_msg_id.is_some() && (failed(2) || reasons.is_empty()) {
+            return Ok(Attempt::KeyExists {
+                my_turn: !reasons.is_empty() && !failed(0),
+            });
         }
+        let now = match reasons.first() {
+            Some(reason) if reason.code() == Some("ConditionalCheckFailed") => reason
+                .item()
+                .map(|item| head_of(Some(item.clone())))
+                .transpose()?,
+            _ => None,
+        };
+        Ok(Attempt::NotMyTurn(now))
     }
 
     pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {

@@ -9,16 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chat_core::protocol::{Inbound, Payload};
-use chat_local::gateway::{
-    Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal,
-};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::strict::{Seen, faulty};
 use crate::support::{Client, PATIENCE, TestServer};
 
 /// A client whose socket is read in the background (so that a flood never makes it a slow
@@ -86,52 +82,6 @@ impl Reading {
     }
 }
 
-/// The real integration, with a `$connect` that returns 300 ms after the chat stored the
-/// connection.
-struct SlowConnect(Arc<dyn Backend>);
-
-#[async_trait]
-impl Backend for SlowConnect {
-    async fn authorize(
-        &self,
-        connection: &Connection,
-        handshake: &Handshake,
-    ) -> Result<Option<Map<String, Value>>, Refusal> {
-        self.0.authorize(connection, handshake).await
-    }
-
-    async fn connect(
-        &self,
-        connection: &Connection,
-        handshake: &Handshake,
-    ) -> Result<Accepted, Refusal> {
-        let accepted = self.0.connect(connection, handshake).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok(accepted)
-    }
-
-    async fn message(
-        &self,
-        connection: &Connection,
-        request_id: &str,
-        inbound: Inbound<'_>,
-    ) -> Result<Option<Payload>, IntegrationError> {
-        self.0.message(connection, request_id, inbound).await
-    }
-
-    fn frames_at_once(&self) -> usize {
-        self.0.frames_at_once()
-    }
-
-    async fn disconnect(&self, connection: &Connection, closed: &Closed) {
-        self.0.disconnect(connection, closed).await
-    }
-
-    async fn shutdown(&self) {
-        self.0.shutdown().await
-    }
-}
-
 #[tokio::test]
 async fn clients_connecting_while_lobby_is_flooded_can_all_send_and_receive() {
     const NEWCOMERS: usize = 50;
@@ -142,7 +92,7 @@ async fn clients_connecting_while_lobby_is_flooded_can_all_send_and_receive() {
             settings.ip_connect_burst = 1_000;
             settings.send_queue = 100_000;
         },
-        |real| Arc::new(SlowConnect(real)),
+        faulty(&Arc::new(Seen::default())),
     )
     .await;
     let mut flooder = Reading::new(server.client("flooder").await);
@@ -165,7 +115,8 @@ async fn clients_connecting_while_lobby_is_flooded_can_all_send_and_receive() {
         sent
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let url = format!("{}?name=newcomer", server.url());
+    // `slow`: the `$connect` returns 300 ms after the chat stored the connection.
+    let url = format!("{}?name=slow", server.url());
     let connecting = (0..NEWCOMERS).map(|_| Client::connect(&url));
     let newcomers = futures_util::future::join_all(connecting).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -23,14 +23,15 @@ use crate::support::{Client, PATIENCE, TestServer, http, urlencode};
 
 /// What [`Faulty`] was given.
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     handshakes: Mutex<Vec<Handshake>>,
     disconnects: Mutex<Vec<Closed>>,
 }
 
 /// In front of the real back end: a frame whose action is `explode`, `stall` or `fail` makes
 /// the integration panic, hang or fail (as a Lambda function would), and so does a `$connect`
-/// with `?name=explode` or `?name=stall`; a `$connect` whose client offers the subprotocol
+/// with `?name=explode` or `?name=stall`; one with `?name=slow` returns 300 ms after the real
+/// one stored the connection (a cold start, a slow authorizer); a `$connect` whose client offers the subprotocol
 /// `chat.v1` names it in its response. Records every `$connect`
 /// handshake and `$disconnect`.
 struct Faulty {
@@ -38,7 +39,7 @@ struct Faulty {
     seen: Arc<Seen>,
 }
 
-fn faulty(seen: &Arc<Seen>) -> impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend> {
+pub fn faulty(seen: &Arc<Seen>) -> impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend> {
     let seen = seen.clone();
     move |inner| Arc::new(Faulty { inner, seen })
 }
@@ -65,6 +66,9 @@ impl Backend for Faulty {
             _ => {}
         }
         let mut accepted = self.inner.connect(connection, handshake).await?;
+        if handshake.first("name") == Some("slow") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let offered = handshake
             .header("sec-websocket-protocol")
             .unwrap_or_default();
@@ -97,6 +101,10 @@ impl Backend for Faulty {
             )))),
             _ => self.inner.message(connection, request_id, inbound).await,
         }
+    }
+
+    fn frames_at_once(&self) -> usize {
+        self.inner.frames_at_once()
     }
 
     async fn disconnect(&self, connection: &Connection, closed: &Closed) {
