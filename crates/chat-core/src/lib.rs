@@ -30,6 +30,7 @@ pub mod ports;
 pub mod protocol;
 pub mod rate_limit;
 pub mod service;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

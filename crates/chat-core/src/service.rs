@@ -22,6 +22,7 @@ use crate::protocol::{
     Action, ActionName, ChatError, ErrorCode, HistoryPage, Inbound, Payload, PresenceEvent,
     Rejection, Reply, Request, ServerFrame, parse_frame,
 };
+use crate::telemetry;
 
 /// Who is connecting, as the gateway read it from the handshake.
 #[derive(Debug, Clone, Default)]
@@ -235,20 +236,23 @@ impl Chat {
         connection_id: &ConnectionId,
         inbound: Inbound<'_>,
     ) -> Option<Reply> {
-        let request = match parse_frame(inbound) {
-            Ok(request) => request,
-            Err(rejection) => return Some(rejection.into()),
+        let reply = match parse_frame(inbound) {
+            Ok(request) => match self.dispatch(connection_id, &request).await {
+                Ok(reply) => reply.map(Reply::ok),
+                Err(error) => Some(
+                    Rejection {
+                        request_id: request.request_id,
+                        error,
+                    }
+                    .into(),
+                ),
+            },
+            Err(rejection) => Some(rejection.into()),
         };
-        match self.dispatch(connection_id, &request).await {
-            Ok(reply) => reply.map(Reply::ok),
-            Err(error) => Some(
-                Rejection {
-                    request_id: request.request_id,
-                    error,
-                }
-                .into(),
-            ),
+        if let Some(code) = reply.as_ref().and_then(|reply| reply.error) {
+            metrics::counter!(telemetry::ERRORS, "code" => code.as_str()).increment(1);
         }
+        reply
     }
 
     async fn dispatch(
@@ -394,8 +398,14 @@ impl Chat {
             ));
         }
         // Stored before anyone sees it: what was acknowledged is never lost.
-        let message = match self.messages.append(new).await.map_err(internal)? {
-            Appended::New(message) => message,
+        let started = std::time::Instant::now();
+        let appended = self.messages.append(new).await;
+        metrics::histogram!(telemetry::STORE_SECONDS).record(started.elapsed().as_secs_f64());
+        let message = match appended.map_err(internal)? {
+            Appended::New(message) => {
+                metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
+                message
+            }
             // A concurrent retry won the race: answer it like a retry.
             Appended::Duplicate(earlier) => return Ok(ack(request_id, &earlier)),
         };
@@ -540,6 +550,7 @@ impl Chat {
             return Ok(());
         }
         let payload = Payload::encode(frame);
+        metrics::counter!(telemetry::DELIVERIES).increment(recipients.len() as u64);
         let gone = self.notifier.broadcast(&recipients, &payload).await;
         for id in gone {
             if self.may_still_be_connecting(&id).await {

@@ -137,10 +137,13 @@ fn parse_stage(s: &str) -> Result<String, String> {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
-        Ok(s.to_owned())
-    } else {
+    if !valid {
         Err("a stage name is 1 to 128 of A-Z, a-z, 0-9, '_' and '-'".into())
+    } else if s == "metrics" {
+        // GET /metrics is the Prometheus scrape, on the same port.
+        Err("the stage cannot be `metrics`: /metrics is the metrics endpoint".into())
+    } else {
+        Ok(s.to_owned())
     }
 }
 
@@ -184,7 +187,7 @@ impl Settings {
 }
 
 #[cfg(all(test, feature = "lambda"))]
-mod tests {
+mod table_names {
     #[test]
     fn the_default_table_names_are_the_stores_own() {
         use chat_aws::Tables;
@@ -193,5 +196,19 @@ mod tests {
             Tables::DEFAULT_CONNECTIONS
         );
         assert_eq!(super::DEFAULT_MESSAGES_TABLE, Tables::DEFAULT_MESSAGES);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stage;
+
+    #[test]
+    fn a_stage_is_api_gateways_alphabet_and_not_the_metrics_path() {
+        assert_eq!(parse_stage("dev").as_deref(), Ok("dev"));
+        assert!(parse_stage("").is_err());
+        assert!(parse_stage("a/b").is_err());
+        assert!(parse_stage(&"s".repeat(129)).is_err());
+        assert!(parse_stage("metrics").is_err());
     }
 }

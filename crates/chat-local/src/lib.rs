@@ -14,11 +14,13 @@
 //! - [`config`]: the settings of `chat serve`, from flags, the environment and `.env`.
 //! - [`auth`]: the token settings (the same verifier as the Lambda authorizer).
 //! - [`web`]: the browser client's files, embedded in the binary.
+//! - [`telemetry`]: the metrics, at `GET /metrics`.
 
 pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod gateway;
+pub mod telemetry;
 pub mod web;
 
 use std::sync::Arc;
@@ -52,6 +54,7 @@ pub async fn run_with(
     shutdown: CancellationToken,
     wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
 ) -> anyhow::Result<Server> {
+    telemetry::install();
     let gateway = Gateway::new(&settings);
     let backend: Arc<dyn Backend> = match settings.backend {
         BackendKind::Embedded => Arc::new(Embedded::open(&settings, gateway.outbox())?),

@@ -141,6 +141,7 @@ impl Gateway {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/metrics", get(crate::telemetry::scrape))
         .route("/{stage}", get(websocket))
         .route(
             "/{stage}/@connections/{connection_id}",
@@ -194,6 +195,8 @@ async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
 
 /// A refused handshake, as API Gateway answers it.
 fn refuse(status: StatusCode, message: &str) -> Response {
+    metrics::counter!(crate::telemetry::HANDSHAKES_REFUSED, "status" => status.as_u16().to_string())
+        .increment(1);
     (status, axum::Json(json!({ "message": message }))).into_response()
 }
 

@@ -90,6 +90,7 @@ impl ConnectionHandle {
             Offered::Closing => false,
             Offered::Full => {
                 tracing::warn!(connection = %self.facts.id, "slow consumer: send queue full, closing");
+                metrics::counter!(crate::telemetry::SLOW_CONSUMERS).increment(1);
                 self.close(close_code::POLICY, "slow consumer: send queue full");
                 false
             }
@@ -296,6 +297,7 @@ impl Registry {
             connected: AtomicBool::new(false),
         });
         connections.insert(id, handle.clone());
+        metrics::gauge!(crate::telemetry::CONNECTIONS).increment(1.0);
         let frames = Frames {
             handle: handle.clone(),
         };
@@ -307,7 +309,9 @@ impl Registry {
     }
 
     pub fn remove(&self, id: &ConnectionId) {
-        self.lock().remove(id);
+        if self.lock().remove(id).is_some() {
+            metrics::gauge!(crate::telemetry::CONNECTIONS).decrement(1.0);
+        }
     }
 
     pub fn ids(&self) -> Vec<ConnectionId> {

@@ -146,6 +146,9 @@ where
         };
         last_frame = Instant::now();
         handle.touch();
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            metrics::counter!(crate::telemetry::FRAMES_RECEIVED).increment(1);
+        }
         let inbound = match &message {
             Message::Text(text) => Inbound::Text(text.as_str()),
             // "API Gateway WebSocket APIs don't currently support binary frames in incoming
@@ -290,13 +293,15 @@ async fn write_loop<S>(
         };
         let write = async {
             sink.feed(to_message(first)).await?;
+            let mut frames = 1;
             for _ in 1..WRITE_BATCH {
                 match queue.try_recv() {
                     Some(frame) => sink.feed(to_message(frame)).await?,
                     None => break,
                 }
+                frames += 1;
             }
-            sink.flush().await
+            sink.flush().await.map(|()| frames)
         };
         // A client that stops reading blocks the write; closing must not wait for it, and a
         // write that makes no headway for `write_timeout` is a slow consumer's.
@@ -306,7 +311,10 @@ async fn write_loop<S>(
             written = timeout(write_timeout, write) => written,
         };
         match written {
-            Ok(Ok(())) => handle.sent(),
+            Ok(Ok(frames)) => {
+                handle.sent();
+                metrics::counter!(crate::telemetry::FRAMES_SENT).increment(frames);
+            }
             Ok(Err(_)) => {
                 // The socket is broken: make the reader stop too.
                 handle.close(close_code::GOING_AWAY, "");
@@ -314,6 +322,7 @@ async fn write_loop<S>(
             }
             Err(_elapsed) => {
                 tracing::warn!(connection = %handle.id(), "slow consumer: socket blocked, closing");
+                metrics::counter!(crate::telemetry::SLOW_CONSUMERS).increment(1);
                 // The close frame cannot go out through a full socket; it is tried, briefly.
                 handle.close(close_code::POLICY, "slow consumer: not reading");
                 break;

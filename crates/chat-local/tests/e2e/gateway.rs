@@ -253,6 +253,7 @@ async fn frame_with(
 /// Ada publishes into the lobby for Bob and a client that never reads. Ada and Bob read all the
 /// time (in the background); `slow` is dropped, and Ada and Bob go on.
 async fn slow_client_is_dropped(server: &TestServer, messages: usize) {
+    let counted_before = crate::metrics::scrape(server).await;
     let slow = server.client("slow").await; // never reads
     let (mut ada_send, ada_frames) = futures_util::StreamExt::split(server.client("ada").await.ws);
     let mut ada_frames = keep_reading(ada_frames);
@@ -278,6 +279,11 @@ async fn slow_client_is_dropped(server: &TestServer, messages: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(slow);
+    let counted = crate::metrics::scrape(server).await;
+    assert!(
+        crate::metrics::grew(&counted_before, &counted, "chat_slow_consumers_total") >= 1.0,
+        "the slow consumer is counted"
+    );
     // The others are unaffected.
     let end = json!({"action":"sendMessage","text":"still here","clientMsgId":"end"});
     futures_util::SinkExt::send(&mut ada_send, Message::text(end.to_string()))

@@ -11,6 +11,7 @@ mod connecting;
 mod gateway;
 #[cfg(feature = "lambda")]
 mod lambda_binary;
+mod metrics;
 #[cfg(feature = "lambda")]
 mod notifiers;
 mod pipelined;
