@@ -474,6 +474,8 @@
     switch (f.type) {
       case 'joined': return onJoined(f);
       case 'message': return onMessage(f);
+      case 'messageUpdated': return onChange(f);
+      case 'messageDeleted': return onChange(f);
       case 'ack': return onAck(f);
       case 'history': return onHistory(f);
       case 'members': return onMembers(f);
@@ -530,6 +532,15 @@
       const events = Array.isArray(f.events) ? f.events : [];
       addEvents(room, events);
       if (f.hasMore && events.length) fetchAfterSeq(room, events[events.length - 1].seq);
+      // A whole page: every event up to the room's seq at the join is here, or is no event
+      // (a seq whose writer failed, an edit of a message deleted since).
+      else if (!f.hasMore && Number.isInteger(f.seq) && room.syncedSeq != null) {
+        if (f.seq > room.syncedSeq) {
+          room.syncedSeq = f.seq;
+          for (const held of [...room.heldSeqs]) if (held <= f.seq) room.heldSeqs.delete(held);
+          while (room.heldSeqs.delete(room.syncedSeq + 1)) room.syncedSeq += 1;
+        }
+      }
     } else {
       const history = Array.isArray(f.history) ? f.history : [];
       prependOrMerge(room, history);
@@ -563,15 +574,50 @@
     while (room.heldSeqs.delete(room.syncedSeq + 1)) room.syncedSeq += 1;
   }
 
-  /// Recovered events (messages today), oldest first.
+  /// Recovered events, oldest first: messages, and edits and deletes of messages.
   function addEvents(room, events) {
     let fresh = 0;
     for (const e of events) {
-      if (!e || e.type !== 'message') continue;
-      if (addMessage(room, e)) fresh += !isMine(e.sender) ? 1 : 0;
+      if (!e) continue;
+      if (e.type === 'message') {
+        if (e.deleted === true) applyChange(room, { type: 'messageDeleted', id: e.id });
+        else if (addMessage(room, e)) fresh += !isMine(e.sender) ? 1 : 0;
+      } else if (e.type === 'messageUpdated' || e.type === 'messageDeleted') {
+        applyChange(room, e);
+      }
       noteSeq(room, e.seq);
     }
     countUnread(room, fresh);
+  }
+
+  /// A live edit or delete of a message (version 2).
+  function onChange(f) {
+    const room = state.rooms.get(f.room);
+    if (!room) return;
+    applyChange(room, f);
+    noteSeq(room, f.seq);
+  }
+
+  /// Shows a message's new text ("edited"), or that it was deleted; a message not shown here
+  /// (older than what was loaded) has nothing to change.
+  function applyChange(room, f) {
+    const msg = typeof f.id === 'string' ? room.msgs.get(f.id) : null;
+    const node = msg ? room.els.get(msg.id) : null;
+    if (!msg || !node) return;
+    const text = node.querySelector('.text');
+    if (f.type === 'messageDeleted') {
+      msg.deleted = true;
+      msg.text = '';
+      node.classList.add('deleted');
+      if (text) text.replaceChildren(el('em', { 'data-testid': 'message-deleted', text: 'message deleted' }));
+    } else if (!msg.deleted && typeof f.text === 'string') {
+      msg.text = f.text;
+      if (text) text.replaceChildren(renderText(f.text));
+      const meta = node.querySelector('.meta');
+      if (meta && !meta.querySelector('.edited')) {
+        meta.append(el('span', { class: 'edited', 'data-testid': 'message-edited', text: '(edited)' }));
+      }
+    }
   }
 
   function fetchAfterSeq(room, afterSeq) {

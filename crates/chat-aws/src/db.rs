@@ -140,6 +140,17 @@ pub mod keys {
     pub fn is_message(sort_key: &str) -> bool {
         sort_key < END_OF_MESSAGES
     }
+
+    /// An edit or delete: the room's event `seq`, in the index beside the messages.
+    pub const CHANGE_PREFIX: &str = "~change#";
+
+    pub fn change(seq: u64) -> String {
+        format!("{CHANGE_PREFIX}{seq:020}")
+    }
+
+    pub fn is_change(sort_key: &str) -> bool {
+        sort_key.starts_with(CHANGE_PREFIX)
+    }
 }
 
 /// The key of an item in a room partition.

@@ -15,6 +15,12 @@
 //!
 //! A message with a `clientMsgId` also writes its idempotency key, which must not exist yet: a
 //! retry, from any container, finds the key and gets the first message back.
+//!
+//! An edit or a delete is an event of the room too: it takes its turn like an append, and in one
+//! transaction moves the head, updates the message (on the condition that it exists and is not
+//! deleted) and writes a change item (`~change#<seq>`, in the index) that names the message. The
+//! change item holds no text: a recovery shows the message's text as it is then, so a delete
+//! removes the text from the table at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +30,11 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
-    ClientMsgId, Cursor, Member, MessageId, NewMessage, Page, RoomHead, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
+    RoomHead, RoomName, StoredMessage,
 };
-use chat_core::ports::{Appended, MessageStore, StoreError, StoreResult};
+use chat_core::memory::{LoggedChange, merge_events, replay};
+use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};
@@ -50,9 +58,31 @@ struct MessageItem {
     seq: u64,
     ts: u64,
     sender: Member,
+    /// Absent once deleted.
+    #[serde(default)]
     text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     client_msg_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    author_connection: Option<String>,
+    /// The `seq` of each of its edits: their change items, which its delete removes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    edits: Vec<u64>,
+}
+
+/// An edit or a delete of `message_id`, the room's event `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeItem {
+    room: String,
+    sk: String,
+    seq: u64,
+    message_id: String,
+    deleted: bool,
 }
 
 impl MessageItem {
@@ -68,6 +98,14 @@ impl MessageItem {
                 .client_msg_id
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
+            edited_at: message.edited_at,
+            deleted: message.deleted,
+            author_connection: message
+                .author_connection
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            // Written only by edits.
+            edits: Vec::new(),
         }
     }
 
@@ -86,6 +124,10 @@ impl MessageItem {
                 .map(ClientMsgId::parse)
                 .transpose()
                 .map_err(invalid)?,
+            edited_at: self.edited_at,
+            edits: u32::try_from(self.edits.len()).unwrap_or(u32::MAX),
+            deleted: self.deleted,
+            author_connection: self.author_connection.map(ConnectionId::new),
         })
     }
 }
@@ -218,9 +260,17 @@ impl DynamoMessages {
         Ok(self.db.transact(items).await?.is_ok())
     }
 
-    /// Writes the message at its turn (`head` is at the seq before `ticket`): what the
-    /// transaction did.
-    async fn commit(
+    /// Writes at its turn (`head` is at the seq before `ticket`): what the transaction did.
+    async fn commit(&self, write: &Write<'_>, head: RoomHead, ticket: u64) -> StoreResult<Attempt> {
+        match write {
+            Write::Append(message) => self.commit_message(message, head, ticket).await,
+            Write::Change { room, id, change } => {
+                self.commit_change(room, id, change, head, ticket).await
+            }
+        }
+    }
+
+    async fn commit_message(
         &self,
         message: &NewMessage,
         head: RoomHead,
@@ -263,7 +313,7 @@ impl DynamoMessages {
         // stalled-writer skip passed this turn; or `TransactionConflict`: another request on
         // these items is under way), or the idempotency key exists.
         let cancelled = match self.db.transact(items).await? {
-            Ok(()) => return Ok(Attempt::Stored(stored)),
+            Ok(()) => return Ok(Attempt::Stored(Written::Message(stored))),
             Err(cancelled) => cancelled,
         };
         let reasons = cancelled.cancellation_reasons();
@@ -276,14 +326,115 @@ impl DynamoMessages {
                 my_turn: !reasons.is_empty() && !failed(0),
             });
         }
-        let now = match reasons.first() {
-            Some(reason) if reason.code() == Some("ConditionalCheckFailed") => reason
-                .item()
-                .map(|item| head_of(Some(item.clone())))
-                .transpose()?,
-            _ => None,
+        Ok(Attempt::NotMyTurn(head_in(reasons)?))
+    }
+
+    /// An edit or delete at its turn: the head, the message (which must exist and not be
+    /// deleted) and the change item, in one transaction; a delete also removes the change items
+    /// of the message's edits. The message is read at the turn: no other write of the room can
+    /// commit before this one, so what the transaction writes follows what was read.
+    async fn commit_change(
+        &self,
+        room: &RoomName,
+        id: &MessageId,
+        change: &Change,
+        head: RoomHead,
+        ticket: u64,
+    ) -> StoreResult<Attempt> {
+        let item = match self.get(room_key(room.as_str(), id.to_string())).await? {
+            Some(item) => serde_dynamo::from_item::<_, MessageItem>(item).map_err(serde_error)?,
+            None => return Ok(Attempt::Gone { my_turn: true }),
         };
-        Ok(Attempt::NotMyTurn(now))
+        if item.deleted {
+            return Ok(Attempt::Gone { my_turn: true });
+        }
+        let edits = item.edits.clone();
+        let message = item.into_message()?;
+        let event = MessageChange::of(&message, change, ticket, (self.clock)());
+        let table = &self.db.tables.messages;
+        let room = message.room.as_str();
+        let update = aws_sdk_dynamodb::types::Update::builder()
+            .table_name(table)
+            .set_key(Some(room_key(room, message.id.to_string())))
+            .condition_expression(
+                "attribute_exists(#sk) AND (attribute_not_exists(#deleted) OR #deleted = :no)",
+            )
+            .expression_attribute_names("#sk", SORT_KEY)
+            .expression_attribute_names("#deleted", "deleted")
+            .expression_attribute_names("#text", "text")
+            .expression_attribute_values(":no", AttributeValue::Bool(false));
+        let update = match &event.kind {
+            chat_core::domain::ChangeKind::Edited { text, edited_at } => update
+                .update_expression(
+                    "SET #text = :text, #editedAt = :at, #edits = list_append(if_not_exists(#edits, :none), :seq)",
+                )
+                .expression_attribute_names("#editedAt", "editedAt")
+                .expression_attribute_names("#edits", "edits")
+                .expression_attribute_values(":text", s(text.as_str()))
+                .expression_attribute_values(":at", n(edited_at))
+                .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+                .expression_attribute_values(":seq", AttributeValue::L(vec![n(ticket)])),
+            // The text goes: the change items never held it.
+            chat_core::domain::ChangeKind::Deleted => update
+                .update_expression("SET #deleted = :yes REMOVE #text, #edits")
+                .expression_attribute_names("#edits", "edits")
+                .expression_attribute_values(":yes", AttributeValue::Bool(true)),
+        };
+        let change_item = ChangeItem {
+            room: room.to_owned(),
+            sk: keys::change(ticket),
+            seq: ticket,
+            message_id: message.id.to_string(),
+            deleted: *change == Change::Delete,
+        };
+        let put_change = Put::builder()
+            .table_name(table)
+            .set_item(Some(
+                serde_dynamo::to_item(change_item).map_err(serde_error)?,
+            ))
+            .build()
+            .map_err(StoreError::new)?;
+        let move_head = self
+            .move_head(&message.room, head.seq, ticket, None)
+            .build()
+            .map_err(StoreError::new)?;
+        let mut items = vec![
+            TransactWriteItem::builder().update(move_head).build(),
+            TransactWriteItem::builder()
+                .update(update.build().map_err(StoreError::new)?)
+                .build(),
+            TransactWriteItem::builder().put(put_change).build(),
+        ];
+        if *change == Change::Delete {
+            // Its edits are no events any more: the delete says all. (A transaction holds 100
+            // items; a message has at most `MAX_EDITS` edits, give or take racing ones.)
+            for seq in edits.iter().take(100 - items.len()) {
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(table)
+                    .set_key(Some(room_key(room, keys::change(*seq))))
+                    .build()
+                    .map_err(StoreError::new)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+        }
+        let cancelled = match self.db.transact(items).await? {
+            Ok(()) => return Ok(Attempt::Stored(Written::Change(event))),
+            Err(cancelled) => cancelled,
+        };
+        let reasons = cancelled.cancellation_reasons();
+        let failed = |index: usize| {
+            reasons
+                .get(index)
+                .and_then(|reason| reason.code())
+                .is_some_and(|code| code == "ConditionalCheckFailed")
+        };
+        if failed(1) {
+            // Deleted (or gone) since it was read.
+            return Ok(Attempt::Gone {
+                my_turn: !failed(0),
+            });
+        }
+        Ok(Attempt::NotMyTurn(head_in(reasons)?))
     }
 
     pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
@@ -308,19 +459,20 @@ impl DynamoMessages {
         Ok(out.item)
     }
 
-    /// Up to `want` messages of the room, in the direction asked, page after page (a page stops at
-    /// 1 MB, before `Limit` when messages are long).
+    /// Up to `want` messages (and, in the index, changes) of the room, in the direction asked,
+    /// page after page (a page stops at 1 MB, before `Limit` when messages are long).
     async fn query(
         &self,
         room: &RoomName,
         range: Range<'_>,
         forward: bool,
         want: usize,
-    ) -> StoreResult<Vec<StoredMessage>> {
+    ) -> StoreResult<(Vec<StoredMessage>, Vec<LoggedChange>)> {
         let mut messages = Vec::with_capacity(want);
+        let mut changes = Vec::new();
         let mut start = None;
         loop {
-            let left = want - messages.len();
+            let left = want - messages.len() - changes.len();
             let query = self
                 .db
                 .client
@@ -334,7 +486,7 @@ impl DynamoMessages {
                     .key_condition_expression(format!("#room = :room AND #sk {condition} :bound"))
                     .expression_attribute_names("#sk", SORT_KEY)
                     .expression_attribute_values(":bound", s(bound)),
-                // The index holds messages only, and is as consistent as the table.
+                // The index holds messages and changes, and is as consistent as the table.
                 Range::AfterSeq(seq) => query
                     .index_name(SEQ_INDEX)
                     .key_condition_expression("#room = :room AND #seq > :seq")
@@ -352,23 +504,66 @@ impl DynamoMessages {
             self.db
                 .record("Query", Units::Read, out.consumed_capacity());
             for item in out.items.unwrap_or_default() {
-                let is_message = matches!(
-                    item.get(SORT_KEY),
-                    Some(AttributeValue::S(sk)) if keys::is_message(sk)
-                );
-                if !is_message {
+                let sort_key = match item.get(SORT_KEY) {
+                    Some(AttributeValue::S(sk)) => sk.as_str(),
+                    _ => "",
+                };
+                if keys::is_change(sort_key) {
+                    let change: ChangeItem = serde_dynamo::from_item(item).map_err(serde_error)?;
+                    changes.push(LoggedChange {
+                        seq: change.seq,
+                        id: MessageId::parse(&change.message_id)
+                            .map_err(|e| StoreError::new(e.0))?,
+                        deleted: change.deleted,
+                    });
+                    continue;
+                }
+                if !keys::is_message(sort_key) {
                     // Members, heads and idempotency keys sort after every message: the
                     // messages ended.
-                    return Ok(messages);
+                    return Ok((messages, changes));
                 }
                 let item: MessageItem = serde_dynamo::from_item(item).map_err(serde_error)?;
                 messages.push(item.into_message()?);
             }
             start = out.last_evaluated_key;
-            if start.is_none() || messages.len() >= want {
-                return Ok(messages);
+            if start.is_none() || messages.len() + changes.len() >= want {
+                return Ok((messages, changes));
             }
         }
+    }
+}
+
+impl DynamoMessages {
+    /// The room's events after `seq`, from the index: messages and changes in `seq` order; an
+    /// edit shows its message's text now, read when the message is not in the page.
+    async fn events_after(&self, room: &RoomName, seq: u64, limit: usize) -> StoreResult<Page> {
+        if limit == 0 {
+            return Ok(Page::default());
+        }
+        let (messages, changes) = self
+            .query(room, Range::AfterSeq(seq), true, limit + 1)
+            .await?;
+        let (messages, changes, has_more) = merge_events(messages, changes, limit);
+        let mut now = std::collections::HashMap::new();
+        for change in changes.iter().filter(|change| !change.deleted) {
+            if now.contains_key(&change.id) {
+                continue;
+            }
+            let message = match messages.iter().find(|m| m.id == change.id) {
+                Some(message) => Some(message.clone()),
+                None => MessageStore::get(self, room, &change.id).await?,
+            };
+            if let Some(message) = message {
+                now.insert(change.id, message);
+            }
+        }
+        let changes = replay(room, &changes, |id| now.get(id).cloned());
+        Ok(Page {
+            messages,
+            changes,
+            has_more,
+        })
     }
 }
 
@@ -403,9 +598,51 @@ fn head_of(item: Option<Item>) -> StoreResult<RoomHead> {
     })
 }
 
-/// What one attempt at committing an append did.
+/// Where the head is, when a cancelled transaction's first reason (the head's condition) says.
+fn head_in(
+    reasons: &[aws_sdk_dynamodb::types::CancellationReason],
+) -> StoreResult<Option<RoomHead>> {
+    match reasons.first() {
+        Some(reason) if reason.code() == Some("ConditionalCheckFailed") => reason
+            .item()
+            .map(|item| head_of(Some(item.clone())))
+            .transpose(),
+        _ => Ok(None),
+    }
+}
+
+/// What takes a turn of the room: a new message, or a change to one (as it was read).
+enum Write<'a> {
+    Append(&'a NewMessage),
+    Change {
+        room: &'a RoomName,
+        id: &'a MessageId,
+        change: &'a Change,
+    },
+}
+
+/// What a turn wrote.
+enum Written {
+    Message(StoredMessage),
+    Change(MessageChange),
+}
+
+/// What a write came to.
+enum Outcome {
+    Written(Written),
+    /// An append whose idempotency key exists: the earlier message.
+    Duplicate(StoredMessage),
+    /// A change to a message deleted (or gone) since it was read.
+    Gone,
+}
+
+/// What one attempt at committing a write did.
 enum Attempt {
-    Stored(StoredMessage),
+    Stored(Written),
+    /// The message to change was deleted since it was read; `my_turn` as for `KeyExists`.
+    Gone {
+        my_turn: bool,
+    },
     /// The head was not at the seq before the ticket: where it is, when DynamoDB said.
     NotMyTurn(Option<RoomHead>),
     /// The idempotency key exists (or may: DynamoDB gave no reasons); `my_turn`: the head was
@@ -418,7 +655,83 @@ enum Attempt {
 #[async_trait]
 impl MessageStore for DynamoMessages {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        let room = &message.room;
+        // A retry found before it takes a ticket takes no seq. (One that races with its first
+        // send and loses finds the key at its commit, and passes its turn on unused.)
+        if let Some(client_msg_id) = &message.client_msg_id {
+            let sender_key = message.sender.sender_key();
+            if let Some(earlier) = self
+                .find_by_client_msg_id(&message.room, &sender_key, client_msg_id)
+                .await?
+            {
+                return Ok(Appended::Duplicate(earlier));
+            }
+        }
+        match self.write(&message.room, Write::Append(&message)).await? {
+            Outcome::Written(Written::Message(stored)) => Ok(Appended::New(stored)),
+            Outcome::Duplicate(earlier) => Ok(Appended::Duplicate(earlier)),
+            Outcome::Written(Written::Change(_)) | Outcome::Gone => {
+                Err(StoreError::new("an append wrote no message"))
+            }
+        }
+    }
+
+    async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>> {
+        let Some(item) = self.get(room_key(room.as_str(), id.to_string())).await? else {
+            return Ok(None);
+        };
+        let item: MessageItem = serde_dynamo::from_item(item).map_err(serde_error)?;
+        item.into_message().map(Some)
+    }
+
+    async fn change(
+        &self,
+        room: &RoomName,
+        id: &MessageId,
+        change: Change,
+    ) -> StoreResult<Changed> {
+        // Read first: a missing or deleted message takes no ticket.
+        let Some(message) = MessageStore::get(self, room, id).await? else {
+            return Ok(Changed::Gone);
+        };
+        if message.deleted {
+            return Ok(Changed::Gone);
+        }
+        let write = Write::Change {
+            room,
+            id,
+            change: &change,
+        };
+        match self.write(room, write).await? {
+            Outcome::Written(Written::Change(event)) => Ok(Changed::Done(event)),
+            Outcome::Gone => Ok(Changed::Gone),
+            Outcome::Written(Written::Message(_)) | Outcome::Duplicate(_) => {
+                Err(StoreError::new("a change wrote a message"))
+            }
+        }
+    }
+
+    async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
+        Ok(self.head(room).await?.seq)
+    }
+
+    async fn find_by_client_msg_id(
+        &self,
+        room: &RoomName,
+        sender_key: &str,
+        client_msg_id: &ClientMsgId,
+    ) -> StoreResult<Option<StoredMessage>> {
+        self.find_by_client_msg_id(room, sender_key, client_msg_id)
+            .await
+    }
+
+    async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
+        self.page(room, cursor, limit).await
+    }
+}
+
+impl DynamoMessages {
+    /// Takes the room's next turn for `write` and commits it.
+    async fn write(&self, room: &RoomName, write: Write<'_>) -> StoreResult<Outcome> {
         let turn = self
             .turns
             .lock()
@@ -428,17 +741,6 @@ impl MessageStore for DynamoMessages {
             .clone();
         let _turn = turn.lock().await;
         let deadline = tokio::time::Instant::now() + APPEND_DEADLINE;
-        // A retry found before it takes a ticket takes no seq. (One that races with its first
-        // send and loses finds the key at its commit, and passes its turn on unused.)
-        if let Some(client_msg_id) = &message.client_msg_id {
-            let sender_key = message.sender.sender_key();
-            if let Some(earlier) = self
-                .find_by_client_msg_id(room, &sender_key, client_msg_id)
-                .await?
-            {
-                return Ok(Appended::Duplicate(earlier));
-            }
-        }
         let (mut ticket, mut head) = self.take_ticket(room).await?;
         // When this append first saw the head where it is, to tell a stalled writer; and how
         // long a turn takes here, as seen (each wait is about the turns ahead times that).
@@ -474,8 +776,14 @@ impl MessageStore for DynamoMessages {
                 }
                 continue;
             }
-            match self.commit(&message, head, ticket).await? {
-                Attempt::Stored(stored) => return Ok(Appended::New(stored)),
+            match self.commit(&write, head, ticket).await? {
+                Attempt::Stored(written) => return Ok(Outcome::Written(written)),
+                Attempt::Gone { my_turn } => {
+                    if my_turn {
+                        self.skip(room, head).await?;
+                    }
+                    return Ok(Outcome::Gone);
+                }
                 Attempt::NotMyTurn(now) => {
                     head = match now {
                         Some(now) => now,
@@ -483,6 +791,9 @@ impl MessageStore for DynamoMessages {
                     };
                 }
                 Attempt::KeyExists { my_turn } => {
+                    let Write::Append(message) = &write else {
+                        return Err(StoreError::new("an idempotency key conflict of a change"));
+                    };
                     let client_msg_id = message.client_msg_id.as_ref().ok_or_else(|| {
                         StoreError::new("an idempotency key conflict without a clientMsgId")
                     })?;
@@ -495,7 +806,7 @@ impl MessageStore for DynamoMessages {
                         .find_by_client_msg_id(room, &message.sender.sender_key(), client_msg_id)
                         .await?;
                     if let Some(earlier) = earlier {
-                        return Ok(Appended::Duplicate(earlier));
+                        return Ok(Outcome::Duplicate(earlier));
                     }
                     // DynamoDB gave no reasons and there is no earlier message: the head had
                     // moved. Read it again.
@@ -504,12 +815,8 @@ impl MessageStore for DynamoMessages {
             }
         }
         Err(StoreError(format!(
-            "room {room}: no turn to append within {APPEND_DEADLINE:?}"
+            "room {room}: no turn to write within {APPEND_DEADLINE:?}"
         )))
-    }
-
-    async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
-        Ok(self.head(room).await?.seq)
     }
 
     async fn find_by_client_msg_id(
@@ -558,15 +865,19 @@ impl MessageStore for DynamoMessages {
                 bound = id.to_string();
                 (range, forward) = (sort_key(">", &bound), true);
             }
-            Cursor::AfterSeq(seq) => (range, forward) = (Range::AfterSeq(seq), true),
+            Cursor::AfterSeq(seq) => return self.events_after(room, seq, limit).await,
         }
-        let mut messages = self.query(room, range, forward, want).await?;
+        let (mut messages, _) = self.query(room, range, forward, want).await?;
         let has_more = messages.len() > limit;
         messages.truncate(limit);
         if !forward {
             messages.reverse();
         }
-        Ok(Page { messages, has_more })
+        Ok(Page {
+            messages,
+            changes: Vec::new(),
+            has_more,
+        })
     }
 }
 

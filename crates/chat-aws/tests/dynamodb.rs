@@ -81,6 +81,21 @@ mod three_containers {
         async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
             self.pick().page(room, cursor, limit).await
         }
+        async fn get(
+            &self,
+            room: &RoomName,
+            id: &chat_core::domain::MessageId,
+        ) -> StoreResult<Option<StoredMessage>> {
+            self.pick().get(room, id).await
+        }
+        async fn change(
+            &self,
+            room: &RoomName,
+            id: &chat_core::domain::MessageId,
+            change: chat_core::domain::Change,
+        ) -> StoreResult<chat_core::ports::Changed> {
+            self.pick().change(room, id, change).await
+        }
     }
 }
 

@@ -229,6 +229,7 @@ fn ada_says(text: &str, client_msg_id: Option<&str>) -> NewMessage {
             name: DisplayName::parse("ada").unwrap(),
             user_id: None,
         },
+        connection: chat_core::domain::ConnectionId::new("ada-connection"),
         text: MessageText::parse(text.into()).unwrap(),
         client_msg_id: client_msg_id.map(|id| ClientMsgId::parse(id).unwrap()),
     }

@@ -358,13 +358,15 @@ impl Member {
 pub struct NewMessage {
     pub room: RoomName,
     pub sender: Member,
+    /// The connection it came from: without a user, the one that may change it later.
+    pub connection: ConnectionId,
     pub text: MessageText,
     pub client_msg_id: Option<ClientMsgId>,
 }
 
-/// A stored message, as the `message` event and history show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A stored message, as the `message` event and history show it (a deleted one as its
+/// tombstone: `room`, `id`, `ts`, `seq` and `deleted: true`, nothing of its sender or text).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub room: RoomName,
     pub id: MessageId,
@@ -372,9 +374,124 @@ pub struct StoredMessage {
     /// The room's sequence number of this message: one more than the room's event before it.
     pub seq: u64,
     pub sender: Member,
+    /// Empty once deleted.
     pub text: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<ClientMsgId>,
+    /// When its text was last edited.
+    pub edited_at: Option<u64>,
+    /// How many times it was edited: at most [`StoredMessage::MAX_EDITS`].
+    pub edits: u32,
+    /// Deleted: its text is gone from the store.
+    pub deleted: bool,
+    /// The connection that sent it, kept when the sender has no user id: the only one that may
+    /// change it (never shown).
+    pub author_connection: Option<ConnectionId>,
+}
+
+impl Serialize for StoredMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("room", &self.room)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("ts", &self.ts)?;
+        map.serialize_entry("seq", &self.seq)?;
+        if self.deleted {
+            map.serialize_entry("deleted", &true)?;
+            return map.end();
+        }
+        map.serialize_entry("sender", &self.sender)?;
+        map.serialize_entry("text", &self.text)?;
+        if let Some(client_msg_id) = &self.client_msg_id {
+            map.serialize_entry("clientMsgId", client_msg_id)?;
+        }
+        if let Some(edited_at) = self.edited_at {
+            map.serialize_entry("editedAt", &edited_at)?;
+        }
+        map.end()
+    }
+}
+
+/// Who asks to change a message.
+#[derive(Debug, Clone, Copy)]
+pub enum Editor<'a> {
+    /// A client: its connection, and its user when authenticated.
+    Connection {
+        id: &'a ConnectionId,
+        user_id: Option<&'a str>,
+    },
+    /// The product's own back end (the server API): it may change any message.
+    Server,
+}
+
+/// A change to a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Edit(MessageText),
+    Delete,
+}
+
+/// A change as the room sees it, an event with its own `seq`: `messageUpdated` or
+/// `messageDeleted`. An edit shows the message's latest text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageChange {
+    pub room: RoomName,
+    pub id: MessageId,
+    pub seq: u64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    Edited { text: String, edited_at: u64 },
+    Deleted,
+}
+
+impl MessageChange {
+    /// The event of `change` made at `now_ms` with `seq`, to `message`.
+    pub fn of(message: &StoredMessage, change: &Change, seq: u64, now_ms: u64) -> Self {
+        let kind = match change {
+            Change::Edit(text) => ChangeKind::Edited {
+                text: text.as_str().to_owned(),
+                edited_at: now_ms,
+            },
+            Change::Delete => ChangeKind::Deleted,
+        };
+        Self {
+            room: message.room.clone(),
+            id: message.id,
+            seq,
+            kind,
+        }
+    }
+
+    /// How an event read back from a store shows: an edit with the message's text as it is now.
+    /// A delete takes the events of the message's edits out of the room's sequence, so an edit
+    /// of a deleted message is not read back; should one be (a page read while the delete
+    /// commits), it is `None`: the `messageDeleted` after it tells the rest.
+    pub fn replayed(
+        room: &RoomName,
+        id: MessageId,
+        seq: u64,
+        deleted: bool,
+        now: Option<&StoredMessage>,
+    ) -> Option<Self> {
+        let kind = if deleted {
+            ChangeKind::Deleted
+        } else {
+            let now = now.filter(|message| !message.deleted)?;
+            ChangeKind::Edited {
+                text: now.text.clone(),
+                edited_at: now.edited_at.unwrap_or(now.ts),
+            }
+        };
+        Some(Self {
+            room: room.clone(),
+            id,
+            seq,
+            kind,
+        })
+    }
 }
 
 /// Where a room's sequence stands: its latest event, as a store reads it before appending.
@@ -396,9 +513,45 @@ impl StoredMessage {
             seq: head.seq + 1,
             id,
             room: new.room,
+            author_connection: new.sender.user_id.is_none().then_some(new.connection),
             sender: new.sender,
             text: new.text.into_string(),
             client_msg_id: new.client_msg_id,
+            edited_at: None,
+            edits: 0,
+            deleted: false,
+        }
+    }
+
+    /// The most edits of one message. (A delete takes its edits' events out of the room's
+    /// sequence in the transaction that deletes it, and a transaction has room for so many.)
+    pub const MAX_EDITS: u32 = 50;
+
+    /// Whether `editor` may edit or delete it: its sender's user, or without one the
+    /// connection that sent it; and the server.
+    pub fn may_be_changed_by(&self, editor: Editor<'_>) -> bool {
+        match (editor, &self.sender.user_id) {
+            (Editor::Server, _) => true,
+            (Editor::Connection { user_id, .. }, Some(sender)) => user_id == Some(sender.as_str()),
+            (Editor::Connection { id, user_id: None }, None) => {
+                self.author_connection.as_ref() == Some(id)
+            }
+            (Editor::Connection { .. }, None) => false,
+        }
+    }
+
+    /// The message after `change` (the stores keep it so): the new text, or the tombstone.
+    pub fn apply(&mut self, change: &MessageChange) {
+        match &change.kind {
+            ChangeKind::Edited { text, edited_at } => {
+                self.text.clone_from(text);
+                self.edited_at = Some(*edited_at);
+                self.edits += 1;
+            }
+            ChangeKind::Deleted => {
+                self.text = String::new();
+                self.deleted = true;
+            }
         }
     }
 }
@@ -420,6 +573,9 @@ pub enum Cursor {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
     pub messages: Vec<StoredMessage>,
+    /// Read after a `seq` only: the edits and deletes after it, which with `messages` make the
+    /// page's events (at most the limit of both together, in `seq` order when merged).
+    pub changes: Vec<MessageChange>,
     /// More messages exist beyond this page, in the direction of the query.
     pub has_more: bool,
 }

@@ -12,11 +12,12 @@ use indexmap::IndexMap;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomHead, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
+    RoomHead, RoomName, StoredMessage,
 };
 use crate::ports::{
-    Appended, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore, Notifier,
-    NotifyError, StoreResult,
+    Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore,
+    Notifier, NotifyError, StoreResult,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::{RateLimit, TokenBucket};
@@ -201,9 +202,30 @@ impl ConnectionStore for MemoryConnections {
 
 #[derive(Default)]
 struct MessagesState {
-    /// Room → messages in `seq` order.
+    /// Room → messages in `seq` order, as they are now.
     rooms: HashMap<RoomName, Vec<StoredMessage>>,
-    by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), StoredMessage>,
+    /// Room → its changes in `seq` order.
+    changes: HashMap<RoomName, Vec<LoggedChange>>,
+    /// Room → its latest `seq`.
+    heads: HashMap<RoomName, u64>,
+    by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), MessageId>,
+}
+
+/// A change as a room's log keeps it: which message, and what (an edit shows the text the
+/// message has when it is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedChange {
+    pub seq: u64,
+    pub id: MessageId,
+    pub deleted: bool,
+}
+
+impl MessagesState {
+    fn message(&self, room: &RoomName, id: &MessageId) -> Option<&StoredMessage> {
+        let messages = self.rooms.get(room)?;
+        let at = messages.binary_search_by_key(id, |m| m.id).ok()?;
+        Some(&messages[at])
+    }
 }
 
 /// Messages in memory: a fake of the durable stores, for tests.
@@ -237,8 +259,97 @@ pub fn page_of(messages: &[StoredMessage], cursor: Cursor, limit: usize) -> Page
     };
     Page {
         messages: messages[start..end].to_vec(),
+        changes: Vec::new(),
         has_more,
     }
+}
+
+/// The page of events after `seq`: messages (`messages`, in `seq` order, as they are now) and
+/// changes (`log`, in `seq` order) merged, at most `limit` of them; the reference of every store.
+pub fn events_page(
+    room: &RoomName,
+    messages: &[StoredMessage],
+    log: &[LoggedChange],
+    seq: u64,
+    limit: usize,
+) -> Page {
+    let after = |m: &&StoredMessage| m.seq > seq;
+    let read: Vec<StoredMessage> = messages
+        .iter()
+        .filter(after)
+        .take(limit + 1)
+        .cloned()
+        .collect();
+    let changes: Vec<LoggedChange> = log
+        .iter()
+        .filter(|c| c.seq > seq)
+        .take(limit + 1)
+        .copied()
+        .collect();
+    let (kept, changes, has_more) = merge_events(read, changes, limit);
+    let now = |id: &MessageId| {
+        messages
+            .binary_search_by_key(id, |m| m.id)
+            .ok()
+            .map(|at| messages[at].clone())
+    };
+    let changes = replay(room, &changes, now);
+    Page {
+        messages: kept,
+        changes,
+        has_more,
+    }
+}
+
+/// The first `limit` events of messages and changes read after a `seq` (each list in `seq`
+/// order, each read with a limit of `limit + 1`): the messages and changes kept, and whether
+/// more follow.
+pub fn merge_events(
+    mut messages: Vec<StoredMessage>,
+    mut changes: Vec<LoggedChange>,
+    limit: usize,
+) -> (Vec<StoredMessage>, Vec<LoggedChange>, bool) {
+    let mut seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m.seq)
+        .chain(changes.iter().map(|c| c.seq))
+        .collect();
+    seqs.sort_unstable();
+    let has_more = seqs.len() > limit;
+    if let Some(&last_kept) = limit.checked_sub(1).and_then(|i| seqs.get(i)) {
+        messages.retain(|m| m.seq <= last_kept);
+        changes.retain(|c| c.seq <= last_kept);
+    } else if limit == 0 {
+        messages.clear();
+        changes.clear();
+    }
+    (messages, changes, has_more)
+}
+
+/// The changes as frames show them, from the state of their messages now (`now`; see
+/// [`MessageChange::replayed`]): an edit of a message deleted since is left out.
+pub fn replay(
+    room: &RoomName,
+    changes: &[LoggedChange],
+    now: impl Fn(&MessageId) -> Option<StoredMessage>,
+) -> Vec<MessageChange> {
+    changes
+        .iter()
+        .filter_map(|change| {
+            let message = if change.deleted {
+                None
+            } else {
+                now(&change.id)
+            };
+            MessageChange::replayed(
+                room,
+                change.id,
+                change.seq,
+                change.deleted,
+                message.as_ref(),
+            )
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -252,29 +363,69 @@ impl MessageStore for MemoryMessages {
                 client_msg_id,
             )
         });
-        if let Some(earlier) = key.as_ref().and_then(|k| state.by_client_msg_id.get(k)) {
+        if let Some(earlier) = key
+            .as_ref()
+            .and_then(|k| state.by_client_msg_id.get(k))
+            .and_then(|id| state.message(&message.room, id))
+        {
             return Ok(Appended::Duplicate(earlier.clone()));
         }
+        let seq = state.heads.get(&message.room).copied().unwrap_or(0);
         let room = state.rooms.entry(message.room.clone()).or_default();
-        let head = room.last().map_or(RoomHead::default(), |last| RoomHead {
-            seq: last.seq,
-            last_id: Some(last.id),
-        });
+        let head = RoomHead {
+            seq,
+            last_id: room.last().map(|last| last.id),
+        };
         let stored = StoredMessage::stamp(message, head, now_ms());
         room.push(stored.clone());
+        state.heads.insert(stored.room.clone(), stored.seq);
         if let Some(key) = key {
-            state.by_client_msg_id.insert(key, stored.clone());
+            state.by_client_msg_id.insert(key, stored.id);
         }
         Ok(Appended::New(stored))
     }
 
     async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
-        let state = lock(&self.state);
-        Ok(state
+        Ok(lock(&self.state).heads.get(room).copied().unwrap_or(0))
+    }
+
+    async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>> {
+        Ok(lock(&self.state).message(room, id).cloned())
+    }
+
+    async fn change(
+        &self,
+        room: &RoomName,
+        id: &MessageId,
+        change: Change,
+    ) -> StoreResult<Changed> {
+        let mut state = lock(&self.state);
+        let seq = state.heads.get(room).copied().unwrap_or(0) + 1;
+        let Some(message) = state
             .rooms
-            .get(room)
-            .and_then(|messages| messages.last())
-            .map_or(0, |last| last.seq))
+            .get_mut(room)
+            .and_then(|messages| {
+                let at = messages.binary_search_by_key(id, |m| m.id).ok()?;
+                Some(&mut messages[at])
+            })
+            .filter(|message| !message.deleted)
+        else {
+            return Ok(Changed::Gone);
+        };
+        let event = MessageChange::of(message, &change, seq, now_ms());
+        message.apply(&event);
+        state.heads.insert(room.clone(), seq);
+        let log = state.changes.entry(room.clone()).or_default();
+        if change == Change::Delete {
+            // Its edits are no events any more: the delete says all.
+            log.retain(|logged| logged.id != *id);
+        }
+        log.push(LoggedChange {
+            seq,
+            id: *id,
+            deleted: change == Change::Delete,
+        });
+        Ok(Changed::Done(event))
     }
 
     async fn find_by_client_msg_id(
@@ -284,13 +435,28 @@ impl MessageStore for MemoryMessages {
         client_msg_id: &ClientMsgId,
     ) -> StoreResult<Option<StoredMessage>> {
         let key = (room.clone(), sender_key.to_owned(), client_msg_id.clone());
-        Ok(lock(&self.state).by_client_msg_id.get(&key).cloned())
+        let state = lock(&self.state);
+        Ok(state
+            .by_client_msg_id
+            .get(&key)
+            .and_then(|id| state.message(room, id))
+            .cloned())
     }
 
     async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
         let state = lock(&self.state);
         let messages = state.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
-        Ok(page_of(messages, cursor, limit))
+        Ok(match cursor {
+            Cursor::AfterSeq(seq) => {
+                let log = state
+                    .changes
+                    .get(room)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                events_page(room, messages, log, seq, limit)
+            }
+            _ => page_of(messages, cursor, limit),
+        })
     }
 }
 

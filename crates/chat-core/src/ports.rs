@@ -10,7 +10,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::domain::{
-    ClientMsgId, ConnectionId, Cursor, Member, NewMessage, Page, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
+    RoomName, StoredMessage,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::RateLimit;
@@ -107,6 +108,15 @@ pub enum Appended {
     Duplicate(StoredMessage),
 }
 
+/// What `change` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Stored, with the room's next `seq`.
+    Done(MessageChange),
+    /// No such message in the room, or it is deleted: nothing changed, no `seq` used.
+    Gone,
+}
+
 /// Messages, per room, in the order they were stored.
 ///
 /// Each stored event of a room gets the room's next `seq` (1, 2, 3, ...) and becomes visible to
@@ -130,7 +140,17 @@ pub trait MessageStore: Send + Sync {
     ) -> StoreResult<Option<StoredMessage>>;
 
     /// A page of the room's history: at most `limit` messages, oldest first (in `seq` order).
+    /// After a `seq`, the page also holds the changes after it (at most `limit` events in all),
+    /// each as [`MessageChange::replayed`] shows it; the messages show their latest state.
     async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page>;
+
+    /// (Version 2) The message with this id in the room, as it is now (a tombstone when deleted).
+    async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>>;
+
+    /// (Version 2) Edits or deletes the message, as the room's next event (its own `seq`);
+    /// [`Changed::Gone`] when it does not exist or is deleted. Who may is the caller's to check.
+    async fn change(&self, room: &RoomName, id: &MessageId, change: Change)
+    -> StoreResult<Changed>;
 }
 
 /// Whether a frame reached the connection.

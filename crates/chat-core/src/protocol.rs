@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    ClientMsgId, Cursor, Invalid, Member, MessageId, MessageText, PageLimit, RequestId, RoomName,
-    StoredMessage, TextError,
+    ChangeKind, ClientMsgId, Cursor, Invalid, Member, MessageChange, MessageId, MessageText,
+    PageLimit, RequestId, RoomName, StoredMessage, TextError,
 };
 
 /// Declares a closed set of protocol names once: the enum, `ALL`, and `as_str` (an exhaustive
@@ -60,6 +60,8 @@ names! {
         RateLimited = "rate_limited",
         LimitExceeded = "limit_exceeded",
         Internal = "internal",
+        /// (Version 2) Not this user's to do: not the message's sender.
+        Forbidden = "forbidden",
     }
 }
 
@@ -70,7 +72,7 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             Self::BadRequest | Self::UnknownAction => 400,
-            Self::NotMember => 403,
+            Self::NotMember | Self::Forbidden => 403,
             Self::LimitExceeded => 409,
             Self::PayloadTooLarge => 413,
             Self::RateLimited => 429,
@@ -89,6 +91,8 @@ names! {
         Members = "members",
         Typing = "typing",
         Ping = "ping",
+        EditMessage = "editMessage",
+        DeleteMessage = "deleteMessage",
     }
 }
 
@@ -155,6 +159,17 @@ pub enum Action {
         room: RoomName,
     },
     Ping,
+    /// (Version 2) A new text for one's own message.
+    EditMessage {
+        room: RoomName,
+        id: MessageId,
+        text: MessageText,
+    },
+    /// (Version 2) Takes one's own message back.
+    DeleteMessage {
+        room: RoomName,
+        id: MessageId,
+    },
 }
 
 impl Action {
@@ -165,7 +180,9 @@ impl Action {
             | Self::LeaveRoom { room }
             | Self::History { room, .. }
             | Self::Members { room }
-            | Self::Typing { room } => Some(room),
+            | Self::Typing { room }
+            | Self::EditMessage { room, .. }
+            | Self::DeleteMessage { room, .. } => Some(room),
             Self::JoinRoom { .. } | Self::Ping => None,
         }
     }
@@ -261,19 +278,7 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
                 Some(room) => RoomName::parse(room)?,
                 None => RoomName::lobby(),
             };
-            let text = required_string(fields, "text")?;
-            let text = MessageText::parse(text.to_owned()).map_err(|e| match e {
-                TextError::Empty => {
-                    ChatError::bad_request("text must not be empty or only whitespace")
-                }
-                TextError::TooLong { chars } => ChatError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "text is {chars} characters long; the limit is {}",
-                        MessageText::MAX_CHARS
-                    ),
-                ),
-            })?;
+            let text = required_text(fields)?;
             let client_msg_id = optional_str(fields, "clientMsgId")?
                 .map(ClientMsgId::parse)
                 .transpose()?;
@@ -341,7 +346,35 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             room: required_room(fields)?,
         },
         ActionName::Ping => Action::Ping,
+        ActionName::EditMessage => Action::EditMessage {
+            room: required_room(fields)?,
+            id: required_message_id(fields)?,
+            text: required_text(fields)?,
+        },
+        ActionName::DeleteMessage => Action::DeleteMessage {
+            room: required_room(fields)?,
+            id: required_message_id(fields)?,
+        },
     })
+}
+
+/// `text`: a message's text (sendMessage, editMessage).
+fn required_text(fields: &Map<String, Value>) -> Result<MessageText, ChatError> {
+    let text = required_string(fields, "text")?;
+    MessageText::parse(text.to_owned()).map_err(|e| match e {
+        TextError::Empty => ChatError::bad_request("text must not be empty or only whitespace"),
+        TextError::TooLong { chars } => ChatError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "text is {chars} characters long; the limit is {}",
+                MessageText::MAX_CHARS
+            ),
+        ),
+    })
+}
+
+fn required_message_id(fields: &Map<String, Value>) -> Result<MessageId, ChatError> {
+    optional_message_id(fields, "id")?.ok_or_else(|| ChatError::bad_request("id is required"))
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {
@@ -485,19 +518,101 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a RequestId>,
     },
+    /// (Version 2) The reply to `editMessage`.
+    Updated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        id: MessageId,
+        seq: u64,
+    },
+    /// (Version 2) The reply to `deleteMessage`.
+    Deleted {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        id: MessageId,
+        seq: u64,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a RequestId>,
         code: ErrorCode,
         message: &'a str,
     },
+    /// (Version 2) `messageUpdated` or `messageDeleted`, to the room.
+    #[serde(untagged)]
+    Change(ChangeEvent<'a>),
+}
+
+/// A change to a message as a frame, with its `type`: `messageUpdated` (`room`, `id`, `text`,
+/// `editedAt`, `seq`) or `messageDeleted` (`room`, `id`, `seq`). The same object is the live
+/// frame and the event in a page of `events`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeEvent<'a>(pub &'a MessageChange);
+
+impl Serialize for ChangeEvent<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let change = self.0;
+        let mut map = s.serialize_map(None)?;
+        let kind = match change.kind {
+            ChangeKind::Edited { .. } => "messageUpdated",
+            ChangeKind::Deleted => "messageDeleted",
+        };
+        map.serialize_entry("type", kind)?;
+        map.serialize_entry("room", &change.room)?;
+        map.serialize_entry("id", &change.id)?;
+        if let ChangeKind::Edited { text, edited_at } = &change.kind {
+            map.serialize_entry("text", text)?;
+            map.serialize_entry("editedAt", edited_at)?;
+        }
+        map.serialize_entry("seq", &change.seq)?;
+        map.end()
+    }
+}
+
+/// One event of a page: a message, or a change to one.
+#[derive(Debug, Clone, Copy)]
+pub enum PageItem<'a> {
+    Message(&'a StoredMessage),
+    Change(&'a MessageChange),
+}
+
+impl<'a> PageItem<'a> {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Message(message) => message.seq,
+            Self::Change(change) => change.seq,
+        }
+    }
+
+    /// A page's messages and changes as one list, in `seq` order (a page read by id holds
+    /// messages only, in id order, which is their `seq` order too).
+    pub fn merged(page: &'a crate::domain::Page) -> Vec<Self> {
+        let mut items: Vec<Self> = page.messages.iter().map(Self::Message).collect();
+        if !page.changes.is_empty() {
+            items.extend(page.changes.iter().map(Self::Change));
+            items.sort_by_key(Self::seq);
+        }
+        items
+    }
+}
+
+impl Serialize for PageItem<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Message(message) => message.serialize(s),
+            Self::Change(change) => ChangeEvent(change).serialize(s),
+        }
+    }
 }
 
 /// A page of a room's past, as `joined` and `history` hold it: version 1's `messages` (in
 /// `history`) or `history` (in `joined`) for id cursors, version 2's `events` after a `seq`.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryPage<'a> {
-    pub messages: &'a [StoredMessage],
+    pub items: &'a [PageItem<'a>],
     pub has_more: bool,
     /// The field that holds them: `messages`, `history` or `events`.
     pub field: &'static str,
@@ -514,14 +629,30 @@ impl HistoryPage<'_> {
     }
 }
 
-/// A stored event as `events` lists it: with its `type`, so that clients read every event of a
-/// room the same way (today all are messages; edits, deletes and reactions join them).
+/// A stored message as `events` lists it: with its `type`, so that clients read every event of
+/// a room the same way (changes carry theirs).
 #[derive(Serialize)]
-struct Event<'a> {
+struct MessageEvent<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(flatten)]
     message: &'a StoredMessage,
+}
+
+/// One of `events`.
+struct Event<'a>(&'a PageItem<'a>);
+
+impl Serialize for Event<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            PageItem::Message(message) => MessageEvent {
+                kind: "message",
+                message,
+            }
+            .serialize(s),
+            PageItem::Change(change) => ChangeEvent(change).serialize(s),
+        }
+    }
 }
 
 impl Serialize for HistoryPage<'_> {
@@ -529,17 +660,10 @@ impl Serialize for HistoryPage<'_> {
         use serde::ser::SerializeMap;
         let mut map = s.serialize_map(Some(2))?;
         if self.field == "events" {
-            let events: Vec<Event<'_>> = self
-                .messages
-                .iter()
-                .map(|message| Event {
-                    kind: "message",
-                    message,
-                })
-                .collect();
+            let events: Vec<Event<'_>> = self.items.iter().map(Event).collect();
             map.serialize_entry(self.field, &events)?;
         } else {
-            map.serialize_entry(self.field, self.messages)?;
+            map.serialize_entry(self.field, self.items)?;
         }
         map.serialize_entry("hasMore", &self.has_more)?;
         map.end()
@@ -752,7 +876,9 @@ mod tests {
         // A name with no parser arm of its own would be caught by the exhaustive match; a name
         // routed to another action's parser shows here.
         for name in ActionName::ALL {
-            let frame = format!(r#"{{"action":"{name}","room":"r","text":"t"}}"#);
+            let frame = format!(
+                r#"{{"action":"{name}","room":"r","text":"t","id":"0190a0f0-0000-7000-8000-000000000000"}}"#
+            );
             let action = parse(&frame).unwrap().action;
             let parsed = match action {
                 Action::SendMessage { .. } => ActionName::SendMessage,
@@ -762,6 +888,8 @@ mod tests {
                 Action::Members { .. } => ActionName::Members,
                 Action::Typing { .. } => ActionName::Typing,
                 Action::Ping => ActionName::Ping,
+                Action::EditMessage { .. } => ActionName::EditMessage,
+                Action::DeleteMessage { .. } => ActionName::DeleteMessage,
             };
             assert_eq!(parsed, *name);
             assert_eq!(ActionName::from_name(name.as_str()), Some(*name));

@@ -13,14 +13,16 @@ use serde_json::Value;
 use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
-    ConnectionId, Cursor, DisplayName, Member, NewMessage, Page, RequestId, RoomName, StoredMessage,
+    Change, ConnectionId, Cursor, DisplayName, Editor, Member, MessageId, NewMessage, Page,
+    RequestId, RoomName, StoredMessage,
 };
 use crate::ports::{
-    Appended, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier, StoreError,
+    Appended, Changed, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier,
+    StoreError,
 };
 use crate::protocol::{
-    Action, ActionName, ChatError, ErrorCode, HistoryPage, Inbound, Payload, PresenceEvent,
-    Rejection, Reply, Request, ServerFrame, parse_frame,
+    Action, ActionName, ChangeEvent, ChatError, ErrorCode, HistoryPage, Inbound, PageItem, Payload,
+    PresenceEvent, Rejection, Reply, Request, ServerFrame, parse_frame,
 };
 use crate::telemetry;
 
@@ -290,6 +292,7 @@ impl Chat {
                 let new = NewMessage {
                     room: room.clone(),
                     sender: me.member.clone(),
+                    connection: me.id.clone(),
                     text: text.clone(),
                     client_msg_id: client_msg_id.clone(),
                 };
@@ -314,12 +317,12 @@ impl Chat {
                     &page,
                     *cursor,
                     &[],
-                    |messages, has_more, _| {
+                    |items, has_more, _| {
                         Payload::encode(&ServerFrame::History {
                             request_id,
                             room,
                             page: HistoryPage {
-                                messages,
+                                items,
                                 has_more,
                                 field,
                             },
@@ -361,7 +364,126 @@ impl Chat {
                 Ok(None)
             }
             Action::Ping => Ok(Some(Payload::encode(&ServerFrame::Pong { request_id }))),
+            Action::EditMessage { room, id, text } => self
+                .change_message(&me, request_id, room, id, Change::Edit(text.clone()))
+                .await
+                .map(Some),
+            Action::DeleteMessage { room, id } => self
+                .change_message(&me, request_id, room, id, Change::Delete)
+                .await
+                .map(Some),
         }
+    }
+
+    /// `editMessage` and `deleteMessage`: by the message's sender only (checked after
+    /// membership, before the rate limit, which they share with `sendMessage`: each is a
+    /// frame to every member). The change is stored as the room's next event, then sent to
+    /// the room, then acknowledged, like a message.
+    async fn change_message(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        room: &RoomName,
+        id: &MessageId,
+        change: Change,
+    ) -> Result<Payload, ChatError> {
+        let no_message = || ChatError::bad_request(format!("room {room} has no message {id}"));
+        let message = self
+            .messages
+            .get(room, id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(no_message)?;
+        if message.deleted {
+            return Err(ChatError::bad_request(format!("message {id} is deleted")));
+        }
+        let editor = Editor::Connection {
+            id: &me.id,
+            user_id: me.member.user_id.as_deref(),
+        };
+        if !message.may_be_changed_by(editor) {
+            return Err(ChatError::new(
+                ErrorCode::Forbidden,
+                "only the sender of a message may edit or delete it",
+            ));
+        }
+        if matches!(change, Change::Edit(_)) && message.edits >= StoredMessage::MAX_EDITS {
+            return Err(ChatError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "message {id} was edited {} times, the most a message can be",
+                    StoredMessage::MAX_EDITS
+                ),
+            ));
+        }
+        self.take_allowance(me).await?;
+        self.apply_change(room, id, change)
+            .await?
+            .ok_or_else(|| ChatError::bad_request(format!("message {id} is deleted")))
+            .map(|event| {
+                let (id, seq) = (event.id, event.seq);
+                Payload::encode(&match event.kind {
+                    crate::domain::ChangeKind::Edited { .. } => ServerFrame::Updated {
+                        request_id,
+                        room,
+                        id,
+                        seq,
+                    },
+                    crate::domain::ChangeKind::Deleted => ServerFrame::Deleted {
+                        request_id,
+                        room,
+                        id,
+                        seq,
+                    },
+                })
+            })
+    }
+
+    /// Stores a change and sends it to the room; `None` when the message is gone (deleted or
+    /// missing) by the time it is stored.
+    async fn apply_change(
+        &self,
+        room: &RoomName,
+        id: &MessageId,
+        change: Change,
+    ) -> Result<Option<crate::domain::MessageChange>, ChatError> {
+        let event = match self
+            .messages
+            .change(room, id, change)
+            .await
+            .map_err(internal)?
+        {
+            Changed::Done(event) => event,
+            Changed::Gone => return Ok(None),
+        };
+        self.notify_room(room, None, &ServerFrame::Change(ChangeEvent(&event)))
+            .await
+            .map_err(|e| {
+                // Stored: recovery by seq shows it to whoever missed it.
+                tracing::error!(room = %room, error = %e, "fan-out failed after a change was stored");
+            })
+            .ok();
+        Ok(Some(event))
+    }
+
+    /// Takes one frame of the connection's send allowance, or refuses with `rate_limited`.
+    async fn take_allowance(&self, me: &ConnectionRecord) -> Result<(), ChatError> {
+        let allowed = self
+            .connections
+            .take_send_allowance(&me.id, self.config.rate_limit, (self.clock)())
+            .await
+            .map_err(internal)?;
+        if allowed {
+            return Ok(());
+        }
+        let limit = self.config.rate_limit;
+        Err(ChatError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many messages: the limit is a burst of {}, then {} a second; nothing was sent",
+                limit.burst, limit.per_second
+            ),
+        ))
     }
 
     async fn send_message(
@@ -382,21 +504,7 @@ impl Chat {
                 return Ok(ack(request_id, &earlier));
             }
         }
-        let allowed = self
-            .connections
-            .take_send_allowance(&me.id, self.config.rate_limit, (self.clock)())
-            .await
-            .map_err(internal)?;
-        if !allowed {
-            let limit = self.config.rate_limit;
-            return Err(ChatError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "too many messages: the limit is a burst of {}, then {} a second; nothing was sent",
-                    limit.burst, limit.per_second
-                ),
-            ));
-        }
+        self.take_allowance(me).await?;
         // Stored before anyone sees it: what was acknowledged is never lost.
         let started = std::time::Instant::now();
         let appended = self.messages.append(new).await;
@@ -491,14 +599,14 @@ impl Chat {
             &page,
             from,
             &members,
-            |messages, has_more, members| {
+            |items, has_more, members| {
                 Payload::encode(&ServerFrame::Joined {
                     request_id,
                     room,
                     members,
                     seq,
                     history: HistoryPage {
-                        messages,
+                        items,
                         has_more,
                         field,
                     },
@@ -602,12 +710,13 @@ fn fit_reply(
     page: &Page,
     cursor: Cursor,
     members: &[Member],
-    encode: impl Fn(&[StoredMessage], bool, &[Member]) -> Payload,
+    encode: impl Fn(&[PageItem<'_>], bool, &[Member]) -> Payload,
 ) -> Payload {
     let forward = matches!(cursor, Cursor::After(_) | Cursor::AfterSeq(_));
-    let (mut messages, mut members) = (page.messages.as_slice(), members);
+    let all = PageItem::merged(page);
+    let (mut messages, mut members) = (all.as_slice(), members);
     loop {
-        let shortened = messages.len() < page.messages.len();
+        let shortened = messages.len() < all.len();
         let payload = encode(messages, page.has_more || shortened, members);
         let size = payload.bytes().len();
         if size <= MAX_FRAME_BYTES || (messages.is_empty() && members.is_empty()) {

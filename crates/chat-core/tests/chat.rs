@@ -767,6 +767,21 @@ impl chat_core::ports::MessageStore for FailingMessages {
     ) -> chat_core::ports::StoreResult<chat_core::domain::Page> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
+    async fn get(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &chat_core::domain::MessageId,
+    ) -> chat_core::ports::StoreResult<Option<chat_core::domain::StoredMessage>> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+    async fn change(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &chat_core::domain::MessageId,
+        _: chat_core::domain::Change,
+    ) -> chat_core::ports::StoreResult<chat_core::ports::Changed> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
 }
 
 #[tokio::test]

@@ -23,10 +23,11 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use chat_core::clock::now_ms;
 use chat_core::domain::{
-    ClientMsgId, Cursor, DisplayName, Member, MessageId, NewMessage, Page, RoomHead, RoomName,
-    StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, Member, MessageChange, MessageId,
+    NewMessage, Page, RoomHead, RoomName, StoredMessage,
 };
-use chat_core::ports::{Appended, MessageStore, StoreError, StoreResult};
+use chat_core::memory::{LoggedChange, merge_events, replay};
+use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
@@ -37,7 +38,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// WAL pages past which the writer checkpoints by itself (SQLite's default is 1,000).
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
 
-/// The schema of version 2. A file of version 1 (no `seq`) is migrated by [`migrate`].
+/// The schema of version 3. Files of versions 1 (no `seq`) and 2 (no changes) are migrated by
+/// [`migrate`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     room           TEXT NOT NULL,
@@ -47,14 +49,27 @@ CREATE TABLE IF NOT EXISTS messages (
     sender_name    TEXT NOT NULL,
     sender_user_id TEXT,
     sender_key     TEXT NOT NULL,   -- who a clientMsgId belongs to
-    text           TEXT NOT NULL,
+    text           TEXT NOT NULL,   -- '' once deleted
     client_msg_id  TEXT,
+    edited_at      INTEGER,
+    edits          INTEGER NOT NULL DEFAULT 0,
+    deleted        INTEGER NOT NULL DEFAULT 0,
+    author_connection TEXT,         -- without a user id, the connection that may change it
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_msg_id
     ON messages (room, sender_key, client_msg_id) WHERE client_msg_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (room, seq);
-PRAGMA user_version = 2;
+-- Edits and deletes, each an event of its room with its own seq; what an edit shows is the
+-- message's text now (an edit's text is not kept twice, so a delete removes it everywhere).
+CREATE TABLE IF NOT EXISTS changes (
+    room    TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    id      TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+PRAGMA user_version = 3;
 ";
 
 /// Version 1 had no `seq`: each room's messages are numbered in id order, which was the order
@@ -67,6 +82,14 @@ UPDATE messages SET seq = numbered.seq
     WHERE messages.room = numbered.room AND messages.id = numbered.id;
 ";
 
+/// Version 2 had no edits or deletes.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN author_connection TEXT;
+";
+
 /// Brings a file of an earlier version to [`SCHEMA`]'s, in one transaction.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -75,21 +98,59 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(MIGRATE_1_TO_2)?;
         tracing::info!("message store migrated from version 1: messages numbered by room");
     }
+    if version == 1 || version == 2 {
+        tx.execute_batch(MIGRATE_2_TO_3)?;
+        tracing::info!("message store migrated to version 3: edits and deletes");
+    }
     tx.execute_batch(SCHEMA)?;
     tx.commit()
 }
 
-const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id, seq";
+const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id, seq, \
+     edited_at, deleted, author_connection, edits";
 
-struct AppendRequest {
-    message: NewMessage,
-    reply: oneshot::Sender<StoreResult<Appended>>,
+/// What the writer thread is asked to do.
+enum WriteRequest {
+    Append {
+        message: NewMessage,
+        reply: oneshot::Sender<StoreResult<Appended>>,
+    },
+    Change {
+        room: RoomName,
+        id: MessageId,
+        change: Change,
+        reply: oneshot::Sender<StoreResult<Changed>>,
+    },
+}
+
+/// A request's answer, sent once its transaction is committed.
+enum Answer {
+    Append(
+        oneshot::Sender<StoreResult<Appended>>,
+        StoreResult<Appended>,
+    ),
+    Change(oneshot::Sender<StoreResult<Changed>>, StoreResult<Changed>),
+}
+
+impl Answer {
+    /// Sends the result (or `error`, when the commit failed). The caller may have gone away
+    /// (its connection closed); what was committed stays.
+    fn send(self, error: Option<&rusqlite::Error>) {
+        match self {
+            Self::Append(reply, result) => {
+                let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
+            }
+            Self::Change(reply, result) => {
+                let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
+            }
+        }
+    }
 }
 
 /// Messages in SQLite. Call [`SqliteMessages::close`] on shutdown to flush and checkpoint.
 pub struct SqliteMessages {
     /// The writer thread's queue; `None` once closed.
-    writer: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Dropping the sender stops the background checkpointer.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -106,6 +167,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // What a delete removes is overwritten with zeros, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 
@@ -200,7 +263,7 @@ impl Drop for SqliteMessages {
     }
 }
 
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<AppendRequest>) {
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriteRequest>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -227,38 +290,128 @@ fn run_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<AppendRequest>) {
+fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
+    let deletes = batch.iter().any(|request| {
+        matches!(
+            request,
+            WriteRequest::Change {
+                change: Change::Delete,
+                ..
+            }
+        )
+    });
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a transaction");
             for request in batch {
-                let _ = request.reply.send(Err(store_error(&e)));
+                match request {
+                    WriteRequest::Append { reply, .. } => drop(reply.send(Err(store_error(&e)))),
+                    WriteRequest::Change { reply, .. } => drop(reply.send(Err(store_error(&e)))),
+                }
             }
             return;
         }
     };
-    let results: Vec<_> = batch
+    let answers: Vec<Answer> = batch
         .into_iter()
-        .map(|request| {
-            let result = append_in(&tx, request.message);
-            (request.reply, result)
+        .map(|request| match request {
+            WriteRequest::Append { message, reply } => {
+                Answer::Append(reply, append_in(&tx, message))
+            }
+            WriteRequest::Change {
+                room,
+                id,
+                change,
+                reply,
+            } => Answer::Change(reply, change_in(&tx, &room, &id, &change)),
         })
         .collect();
-    match tx.commit() {
-        Ok(()) => {
-            for (reply, result) in results {
-                // The caller may have gone away (its connection closed); the message is stored.
-                let _ = reply.send(result);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "commit failed");
-            for (reply, _) in results {
-                let _ = reply.send(Err(store_error(&e)));
-            }
+    if let Err(e) = tx.commit() {
+        tracing::error!(error = %e, "commit failed");
+        answers.into_iter().for_each(|answer| answer.send(Some(&e)));
+        return;
+    }
+    if deletes {
+        // A deleted text may still be in the WAL (the frames that wrote it) and in the main
+        // file's old page: copy everything back and empty the WAL before the delete is
+        // answered, so that the text is nowhere on disk by then. Deletes are rare; this costs
+        // one checkpoint each.
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!(
+                "checkpoint after a delete: the WAL is busy, the text stays in it until the next one"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checkpoint after a delete failed"),
         }
     }
+    answers.into_iter().for_each(|answer| answer.send(None));
+}
+
+/// Edits or deletes a message, inside the writer's transaction, as the room's next event.
+fn change_in(
+    tx: &rusqlite::Transaction<'_>,
+    room: &RoomName,
+    id: &MessageId,
+    change: &Change,
+) -> StoreResult<Changed> {
+    let Some(message) = get_message(tx, room.as_str(), id).map_err(store_error)? else {
+        return Ok(Changed::Gone);
+    };
+    if message.deleted {
+        return Ok(Changed::Gone);
+    }
+    let seq = room_head(tx, room.as_str()).map_err(store_error)?.seq + 1;
+    let event = MessageChange::of(&message, change, seq, now_ms());
+    let mut changed = message;
+    changed.apply(&event);
+    tx.prepare_cached(
+        "UPDATE messages SET text = ?3, edited_at = ?4, deleted = ?5, edits = ?6
+         WHERE room = ?1 AND id = ?2",
+    )
+    .and_then(|mut update| {
+        update.execute(params![
+            room.as_str(),
+            id.to_string(),
+            changed.text,
+            changed.edited_at.map(|at| at as i64),
+            changed.deleted,
+            changed.edits,
+        ])
+    })
+    .and_then(|_| {
+        if !changed.deleted {
+            return Ok(0);
+        }
+        // A deleted message's edits are no events any more: the delete says all.
+        tx.prepare_cached("DELETE FROM changes WHERE room = ?1 AND id = ?2")?
+            .execute(params![room.as_str(), id.to_string()])
+    })
+    .and_then(|_| {
+        tx.prepare_cached("INSERT INTO changes (room, seq, id, deleted) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                room.as_str(),
+                seq as i64,
+                id.to_string(),
+                changed.deleted
+            ])
+    })
+    .map_err(store_error)?;
+    Ok(Changed::Done(event))
+}
+
+fn get_message(
+    conn: &Connection,
+    room: &str,
+    id: &MessageId,
+) -> rusqlite::Result<Option<StoredMessage>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND id = ?2"
+    ))?
+    .query_row(params![room, id.to_string()], read_message)
+    .optional()
 }
 
 fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult<Appended> {
@@ -277,8 +430,9 @@ fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult
     let head = room_head(tx, message.room.as_str()).map_err(store_error)?;
     let stored = StoredMessage::stamp(message, head, now_ms());
     tx.prepare_cached(
-        "INSERT INTO messages (room, id, seq, ts, sender_name, sender_user_id, sender_key, text, client_msg_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO messages (room, id, seq, ts, sender_name, sender_user_id, sender_key, text,
+                               client_msg_id, author_connection)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut insert| {
         insert.execute(params![
@@ -291,14 +445,15 @@ fn append_in(tx: &rusqlite::Transaction<'_>, message: NewMessage) -> StoreResult
             sender_key,
             stored.text,
             stored.client_msg_id.as_ref().map(ClientMsgId::as_str),
+            stored.author_connection.as_ref().map(ConnectionId::as_str),
         ])
     })
     .map_err(store_error)?;
     Ok(Appended::New(stored))
 }
 
-/// The room's latest message, as the writer reads it inside its transaction: the next append
-/// follows it.
+/// The room's latest event and message, as the writer reads them inside its transaction: the
+/// next append follows them.
 fn room_head(conn: &Connection, room: &str) -> rusqlite::Result<RoomHead> {
     let latest = conn
         .prepare_cached("SELECT seq, id FROM messages WHERE room = ?1 ORDER BY seq DESC LIMIT 1")?
@@ -306,13 +461,21 @@ fn room_head(conn: &Connection, room: &str) -> rusqlite::Result<RoomHead> {
             Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
         })
         .optional()?;
-    Ok(match latest {
-        None => RoomHead::default(),
-        Some((seq, id)) => RoomHead {
-            seq: u64::try_from(seq).unwrap_or_default(),
-            last_id: MessageId::parse(&id).ok(),
-        },
+    let (mut head, last_id) = match latest {
+        None => (0, None),
+        Some((seq, id)) => (seq, MessageId::parse(&id).ok()),
+    };
+    head = head.max(latest_change(conn, room)?);
+    Ok(RoomHead {
+        seq: u64::try_from(head).unwrap_or_default(),
+        last_id,
     })
+}
+
+/// The `seq` of the room's latest change, 0 without one.
+fn latest_change(conn: &Connection, room: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE room = ?1")?
+        .query_row(params![room], |row| row.get(0))
 }
 
 fn find_by_client_msg_id(
@@ -340,6 +503,8 @@ fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let name: String = row.get(3)?;
     let client_msg_id: Option<String> = row.get(6)?;
     let seq: i64 = row.get(7)?;
+    let edited_at: Option<i64> = row.get(8)?;
+    let author_connection: Option<String> = row.get(10)?;
     Ok(StoredMessage {
         room: RoomName::parse(&room).map_err(|e| bad(0, e))?,
         id: MessageId::parse(&id).map_err(|e| bad(1, e))?,
@@ -354,6 +519,10 @@ fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             .map(|s| ClientMsgId::parse(&s))
             .transpose()
             .map_err(|e| bad(6, e))?,
+        edited_at: edited_at.map(|at| u64::try_from(at).unwrap_or_default()),
+        deleted: row.get(9)?,
+        author_connection: author_connection.map(ConnectionId::new),
+        edits: row.get(11)?,
     })
 }
 
@@ -367,7 +536,7 @@ impl MessageStore for SqliteMessages {
                 .as_ref()
                 .ok_or_else(|| store_error("the message store is closed"))?;
             writer
-                .send(AppendRequest { message, reply })
+                .send(WriteRequest::Append { message, reply })
                 .map_err(|_| store_error("the message store writer has stopped"))?;
         }
         answer
@@ -377,12 +546,39 @@ impl MessageStore for SqliteMessages {
 
     async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
         let room = room.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM messages WHERE room = ?1")?
-                .query_row(params![room], |row| row.get::<_, i64>(0))
-                .map(|seq| u64::try_from(seq).unwrap_or_default())
-        })
-        .await
+        self.read(move |conn| room_head(conn, &room).map(|head| head.seq))
+            .await
+    }
+
+    async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>> {
+        let (room, id) = (room.as_str().to_owned(), *id);
+        self.read(move |conn| get_message(conn, &room, &id)).await
+    }
+
+    async fn change(
+        &self,
+        room: &RoomName,
+        id: &MessageId,
+        change: Change,
+    ) -> StoreResult<Changed> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let writer = writer
+                .as_ref()
+                .ok_or_else(|| store_error("the message store is closed"))?;
+            writer
+                .send(WriteRequest::Change {
+                    room: room.clone(),
+                    id: *id,
+                    change,
+                    reply,
+                })
+                .map_err(|_| store_error("the message store writer has stopped"))?;
+        }
+        answer
+            .await
+            .map_err(|_| store_error("the message store writer has stopped"))?
     }
 
     async fn find_by_client_msg_id(
@@ -401,6 +597,12 @@ impl MessageStore for SqliteMessages {
     }
 
     async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page> {
+        if let Cursor::AfterSeq(seq) = cursor {
+            let room = room.clone();
+            return self
+                .read(move |conn| events_after(conn, &room, seq, limit))
+                .await;
+        }
         let room = room.as_str().to_owned();
         self.read(move |conn| {
             // One row past the page tells whether there is more.
@@ -436,8 +638,68 @@ impl MessageStore for SqliteMessages {
             if matches!(cursor, Cursor::Latest | Cursor::Before(_)) {
                 messages.reverse();
             }
-            Ok(Page { messages, has_more })
+            Ok(Page {
+                messages,
+                changes: Vec::new(),
+                has_more,
+            })
         })
         .await
     }
+}
+
+/// The room's events after `seq`: its messages and changes after it, merged in `seq` order.
+fn events_after(
+    conn: &Connection,
+    room: &RoomName,
+    seq: u64,
+    limit: usize,
+) -> rusqlite::Result<Page> {
+    // One row past the page tells whether there is more; past SQLite's integers: after
+    // everything.
+    let fetch = (limit + 1) as i64;
+    let after = i64::try_from(seq).unwrap_or(i64::MAX);
+    let messages = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?
+        .query_map(params![room.as_str(), after, fetch], read_message)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let changes = conn
+        .prepare_cached(
+            "SELECT seq, id, deleted FROM changes WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(params![room.as_str(), after, fetch], |row| {
+            let id: String = row.get(1)?;
+            Ok(LoggedChange {
+                seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or_default(),
+                id: MessageId::parse(&id).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                deleted: row.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let (messages, changes, has_more) = merge_events(messages, changes, limit);
+    // An edit shows its message's text now: from the page when it is there, else read.
+    let mut now = std::collections::HashMap::new();
+    for change in changes.iter().filter(|change| !change.deleted) {
+        if let Some(message) = messages.iter().find(|m| m.id == change.id) {
+            now.insert(change.id, message.clone());
+        } else if !now.contains_key(&change.id)
+            && let Some(message) = get_message(conn, room.as_str(), &change.id)?
+        {
+            now.insert(change.id, message);
+        }
+    }
+    let changes = replay(room, &changes, |id| now.get(id).cloned());
+    Ok(Page {
+        messages,
+        changes,
+        has_more,
+    })
 }

@@ -139,3 +139,63 @@ async fn a_version_1_file_is_numbered_by_room_in_id_order() {
         .unwrap();
     assert_eq!(texts(&after), ["a3", "a4"]);
 }
+
+/// Every byte of the store on disk: the main file, and the WAL beside it when there is one.
+fn bytes_on_disk(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let wal = path.with_extension("db-wal");
+    if let Ok(more) = std::fs::read(wal) {
+        bytes.extend(more);
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_deleted_text_is_nowhere_in_the_files_while_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let store = SqliteMessages::open(&path).unwrap();
+    let secret = "my card number is 4111-1111-1111-1111";
+    let edited_away = "first draft with a typo in it";
+    let Appended::New(stored) = store
+        .append(message("r", "ada", edited_away, None))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a new message");
+    };
+    store
+        .append(message("r", "ada", "a neighbour that stays", None))
+        .await
+        .unwrap();
+    let edit = chat_core::domain::Change::Edit(
+        chat_core::domain::MessageText::parse(secret.to_owned()).unwrap(),
+    );
+    store.change(&room("r"), &stored.id, edit).await.unwrap();
+    assert!(
+        contains(&bytes_on_disk(&path), secret),
+        "the edit is stored"
+    );
+    store
+        .change(&room("r"), &stored.id, chat_core::domain::Change::Delete)
+        .await
+        .unwrap();
+    let on_disk = bytes_on_disk(&path);
+    assert!(
+        !contains(&on_disk, secret),
+        "the deleted text is still in the files"
+    );
+    assert!(
+        !contains(&on_disk, edited_away),
+        "an earlier text is still in the files"
+    );
+    assert!(contains(&on_disk, "a neighbour that stays"));
+    let page = store.page(&room("r"), Cursor::Latest, 10).await.unwrap();
+    assert!(page.messages[0].deleted && page.messages[0].text.is_empty());
+}

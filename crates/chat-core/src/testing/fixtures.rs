@@ -49,9 +49,15 @@ pub fn message_from(
     NewMessage {
         room: room(room_name),
         sender: sender.clone(),
+        connection: connection_of(sender),
         text: MessageText::parse(text.to_owned()).expect("a valid message text"),
         client_msg_id: client_msg_id.map(self::client_msg_id),
     }
+}
+
+/// The connection the fixtures' messages of `sender` come from: one per sender.
+pub fn connection_of(sender: &Member) -> ConnectionId {
+    ConnectionId::new(format!("conn-{}", sender.sender_key()))
 }
 
 /// Appends a message that must be new; returns it as stored.

@@ -14,9 +14,12 @@ use super::fixtures::{
     append_new, client_msg_id, guest, highest_id, id_after, lowest_id, message, message_from, room,
     texts, user, wall_clock_ms,
 };
-use crate::domain::{Cursor, RoomName, StoredMessage};
+use crate::domain::{
+    Change, ChangeKind, Cursor, MessageChange, MessageId, MessageText, Page, RoomName,
+    StoredMessage,
+};
 use crate::memory::page_of;
-use crate::ports::{Appended, MessageStore};
+use crate::ports::{Appended, Changed, MessageStore};
 
 /// Makes the store each test runs against.
 ///
@@ -709,4 +712,253 @@ pub async fn concurrent_appends_with_the_same_client_msg_id_store_one_message(
     );
     let page = store.page(&room("r"), Cursor::Latest, 100).await.unwrap();
     assert_eq!(page.messages, new);
+}
+
+fn edit_to(text: &str) -> Change {
+    Change::Edit(MessageText::parse(text.to_owned()).expect("a valid text"))
+}
+
+fn done(changed: Changed) -> MessageChange {
+    match changed {
+        Changed::Done(event) => event,
+        Changed::Gone => panic!("expected the change to be stored"),
+    }
+}
+
+pub async fn edits_and_deletes_are_events_with_the_rooms_next_seq(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 3).await;
+    let before = wall_clock_ms();
+    let edit = done(
+        store
+            .change(&r, &all[0].id, edit_to("m0, fixed"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (edit.room.clone(), edit.id, edit.seq),
+        (r.clone(), all[0].id, 4)
+    );
+    let ChangeKind::Edited { text, edited_at } = &edit.kind else {
+        panic!("an edit: {edit:?}")
+    };
+    assert_eq!(text, "m0, fixed");
+    assert!(*edited_at >= before && *edited_at <= wall_clock_ms() + 1);
+    let delete = done(store.change(&r, &all[1].id, Change::Delete).await.unwrap());
+    assert_eq!((delete.seq, delete.kind.clone()), (5, ChangeKind::Deleted));
+    assert_eq!(store.latest_seq(&r).await.unwrap(), 5);
+    // The next message follows the changes.
+    let next = append_new(&*store, message("r", "ada", "m3", None)).await;
+    assert_eq!(next.seq, 6);
+
+    // The messages as they are now: the latest text, the tombstone without its text.
+    let edited = store.get(&r, &all[0].id).await.unwrap().expect("stored");
+    assert_eq!(
+        (
+            edited.text.as_str(),
+            edited.edited_at,
+            edited.edits,
+            edited.deleted
+        ),
+        ("m0, fixed", Some(*edited_at), 1, false)
+    );
+    assert_eq!(
+        (edited.seq, edited.ts),
+        (all[0].seq, all[0].ts),
+        "it keeps its place"
+    );
+    let deleted = store
+        .get(&r, &all[1].id)
+        .await
+        .unwrap()
+        .expect("a tombstone");
+    assert!(deleted.deleted);
+    assert_eq!(deleted.text, "", "the text is gone from the store");
+    assert_eq!(
+        store.get(&r, &all[2].id).await.unwrap(),
+        Some(all[2].clone())
+    );
+    // History by id shows messages only, as they are now.
+    let page = store.page(&r, Cursor::Latest, 10).await.unwrap();
+    assert_eq!(
+        page.messages,
+        [
+            edited.clone(),
+            deleted.clone(),
+            all[2].clone(),
+            next.clone()
+        ]
+    );
+    assert!(page.changes.is_empty());
+}
+
+pub async fn a_change_to_a_missing_or_deleted_message_is_gone_and_takes_no_seq(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 2).await;
+    let unknown = id_after(all[1].id);
+    assert_eq!(
+        store.change(&r, &unknown, Change::Delete).await.unwrap(),
+        Changed::Gone
+    );
+    assert_eq!(
+        store
+            .change(&room("elsewhere"), &all[0].id, edit_to("x"))
+            .await
+            .unwrap(),
+        Changed::Gone,
+        "a message of another room"
+    );
+    assert_eq!(
+        store.get(&room("elsewhere"), &all[0].id).await.unwrap(),
+        None
+    );
+    done(store.change(&r, &all[0].id, Change::Delete).await.unwrap());
+    assert_eq!(
+        store.change(&r, &all[0].id, edit_to("back")).await.unwrap(),
+        Changed::Gone
+    );
+    assert_eq!(
+        store.change(&r, &all[0].id, Change::Delete).await.unwrap(),
+        Changed::Gone
+    );
+    assert_eq!(
+        store.latest_seq(&r).await.unwrap(),
+        3,
+        "only the one delete took a seq"
+    );
+    assert_eq!(store.get(&r, &unknown).await.unwrap(), None);
+}
+
+pub async fn events_after_a_seq_hold_messages_and_changes_in_seq_order(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 4).await; // seq 1..=4
+    done(
+        store
+            .change(&r, &all[0].id, edit_to("first edit"))
+            .await
+            .unwrap(),
+    ); // 5
+    let m4 = append_new(&*store, message("r", "ada", "m4", None)).await; // 6
+    done(
+        store
+            .change(&r, &all[0].id, edit_to("second edit"))
+            .await
+            .unwrap(),
+    ); // 7
+    done(
+        store
+            .change(&r, &m4.id, edit_to("m4 edited"))
+            .await
+            .unwrap(),
+    ); // 8
+    done(
+        store
+            .change(&r, &all[2].id, edit_to("soon gone"))
+            .await
+            .unwrap(),
+    ); // 9
+    done(store.change(&r, &all[2].id, Change::Delete).await.unwrap()); // 10
+
+    let seqs = |page: &Page| {
+        let mut seqs: Vec<u64> = page
+            .messages
+            .iter()
+            .map(|m| m.seq)
+            .chain(page.changes.iter().map(|c| c.seq))
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    };
+    let page = store.page(&r, Cursor::AfterSeq(3), 100).await.unwrap();
+    // seq 9 (an edit of a message deleted since) is no event any more: the delete at 10 says
+    // all, and no page is made of such holes.
+    assert_eq!(seqs(&page), [4, 5, 6, 7, 8, 10]);
+    assert!(!page.has_more);
+    let edited = |seq: u64, id: MessageId, text: &str, message: &StoredMessage| MessageChange {
+        room: r.clone(),
+        id,
+        seq,
+        kind: ChangeKind::Edited {
+            text: text.to_owned(),
+            edited_at: message.edited_at.expect("edited"),
+        },
+    };
+    let m0_now = store.get(&r, &all[0].id).await.unwrap().unwrap();
+    let m4_now = store.get(&r, &m4.id).await.unwrap().unwrap();
+    assert_eq!(page.messages, [all[3].clone(), m4_now.clone()]);
+    assert_eq!(
+        page.changes,
+        [
+            // Every edit shows the text as it is now.
+            edited(5, all[0].id, "second edit", &m0_now),
+            edited(7, all[0].id, "second edit", &m0_now),
+            edited(8, m4.id, "m4 edited", &m4_now),
+            MessageChange {
+                room: r.clone(),
+                id: all[2].id,
+                seq: 10,
+                kind: ChangeKind::Deleted,
+            },
+        ]
+    );
+    // The limit counts both; a page ends where its limit does.
+    let first = store.page(&r, Cursor::AfterSeq(3), 3).await.unwrap();
+    assert_eq!(seqs(&first), [4, 5, 6]);
+    assert!(first.has_more);
+    let rest = store.page(&r, Cursor::AfterSeq(6), 3).await.unwrap();
+    assert_eq!(seqs(&rest), [7, 8, 10]);
+    assert!(!rest.has_more, "seq 9 is not an event any more");
+    let after_the_hole = store.page(&r, Cursor::AfterSeq(8), 1).await.unwrap();
+    assert_eq!(
+        (seqs(&after_the_hole), after_the_hole.has_more),
+        (vec![10], false)
+    );
+    let none = store.page(&r, Cursor::AfterSeq(10), 3).await.unwrap();
+    assert_eq!((seqs(&none), none.has_more), (vec![], false));
+    // A page of the whole room, from the start: the deleted message as its tombstone.
+    let everything = store.page(&r, Cursor::AfterSeq(0), 100).await.unwrap();
+    assert_eq!(everything.messages.len(), 5);
+    assert!(everything.messages[2].deleted);
+    assert_eq!(seqs(&everything), [1, 2, 3, 4, 5, 6, 7, 8, 10]);
+}
+
+pub async fn only_the_sender_may_change_a_message(factory: &dyn MessageStoreFactory) {
+    use crate::domain::{ConnectionId, Editor};
+    let store = factory.fresh().await;
+    let ada = user("Ada", "user-1");
+    let by_user = append_new(&*store, message_from("r", &ada, "signed", None)).await;
+    let by_guest = append_new(&*store, message("r", "guest", "anonymous", None)).await;
+    // As stored and read back: what decides who may change it survives the store.
+    let by_user = store.get(&room("r"), &by_user.id).await.unwrap().unwrap();
+    let by_guest = store.get(&room("r"), &by_guest.id).await.unwrap().unwrap();
+    let other = ConnectionId::new("another-connection");
+    let guest_connection = super::fixtures::connection_of(&guest("guest"));
+    let connection = |id, user_id| Editor::Connection { id, user_id };
+    assert!(
+        by_user.may_be_changed_by(connection(&other, Some("user-1"))),
+        "any of its user's connections"
+    );
+    assert!(!by_user.may_be_changed_by(connection(&other, Some("user-2"))));
+    assert!(!by_user.may_be_changed_by(connection(&other, None)));
+    assert!(
+        by_guest.may_be_changed_by(connection(&guest_connection, None)),
+        "its connection"
+    );
+    assert!(
+        !by_guest.may_be_changed_by(connection(&other, None)),
+        "another guest, same name or not"
+    );
+    assert!(!by_guest.may_be_changed_by(connection(&guest_connection, Some("user-1"))));
+    assert!(
+        by_user.may_be_changed_by(Editor::Server) && by_guest.may_be_changed_by(Editor::Server)
+    );
 }

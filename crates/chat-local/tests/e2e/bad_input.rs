@@ -74,6 +74,23 @@ fn catalogue() -> Vec<(String, &'static str, bool)> {
         (r#"{"requestId":"q","action":"history","room":"elsewhere"}"#.into(), "not_member", true),
         (r#"{"requestId":"q","action":"members","room":"elsewhere"}"#.into(), "not_member", true),
         (r#"{"requestId":"q","action":"leaveRoom","room":"elsewhere"}"#.into(), "not_member", true),
+        // Version 2: editMessage and deleteMessage.
+        (r#"{"requestId":"q","action":"editMessage","room":"lobby","text":"x"}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"editMessage","room":"lobby","id":"x","text":"x"}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"editMessage","room":"lobby","id":7,"text":"x"}"#.into(), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"lobby","id":"{uuid}","text":" "}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"lobby","id":"{uuid}","text":["x"]}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"lobby","id":"{uuid}","text":"{}"}}"#, long(4001)), "payload_too_large", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","id":"{uuid}","text":"x"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"lobby","id":"{uuid}","text":"no such message"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"editMessage","room":"elsewhere","id":"{uuid}","text":"x"}}"#), "not_member", true),
+        (r#"{"requestId":"q","action":"deleteMessage","room":"lobby"}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"deleteMessage","room":"lobby","id":null}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"deleteMessage","room":"lobby","id":"0190A0B0-0000-7000-8000-00000000000"}"#.into(), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"a b","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"elsewhere","id":"{uuid}"}}"#), "not_member", true),
     ];
     // Deep nesting is refused by the JSON reader's depth limit, not by the stack.
     cases.push((
@@ -252,6 +269,8 @@ async fn mutated_frames_never_break_the_server() {
         json!({"action":"leaveRoom","room":"r"}),
         json!({"action":"members","room":"lobby"}),
         json!({"action":"typing","room":"lobby"}),
+        json!({"action":"editMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","text":"x"}),
+        json!({"action":"deleteMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000"}),
     ];
     let alphabet: &[u8] = b"{}[]\":,\\ 0123456789.-eE+nulltruefalseabc\xc3\xa9\x00\x1f";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;

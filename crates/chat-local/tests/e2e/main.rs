@@ -7,6 +7,7 @@
 mod actions;
 mod bad_input;
 mod binary;
+mod changes;
 mod connecting;
 mod gateway;
 #[cfg(feature = "lambda")]
