@@ -70,6 +70,7 @@ async fn main() {
     meter.take();
 
     let sender = &ids[0];
+    let mut first_id = None;
     for (label, frame) in [
         (
             "sendMessage without clientMsgId",
@@ -93,6 +94,40 @@ async fn main() {
             "{}",
             reply.payload.to_text()
         );
+        let posts = notifier.take().len();
+        println!(
+            "{label}: DynamoDB {}; PostToConnection x{posts}",
+            meter.take()
+        );
+        if first_id.is_none() {
+            // The ack's `"id":"..."`: a UUID, no escapes to mind.
+            let ack = reply.payload.to_text();
+            first_id = ack
+                .split_once(r#""id":""#)
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(id, _)| id.to_owned());
+        }
+    }
+    // Version 2: an edit and a delete of the first message.
+    let id = first_id.expect("the first message's id");
+    for (label, frame, answer) in [
+        (
+            "editMessage",
+            format!(r#"{{"action":"editMessage","room":"team","id":"{id}","text":"hello, all"}}"#),
+            "updated",
+        ),
+        (
+            "deleteMessage (of a message edited once)",
+            format!(r#"{{"action":"deleteMessage","room":"team","id":"{id}"}}"#),
+            "deleted",
+        ),
+    ] {
+        let reply = chat
+            .handle(sender, Inbound::Text(&frame))
+            .await
+            .expect("a reply");
+        let text = reply.payload.to_text();
+        assert!(text.contains(&format!(r#""type":"{answer}""#)), "{text}");
         let posts = notifier.take().len();
         println!(
             "{label}: DynamoDB {}; PostToConnection x{posts}",

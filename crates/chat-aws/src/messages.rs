@@ -689,13 +689,9 @@ impl MessageStore for DynamoMessages {
         id: &MessageId,
         change: Change,
     ) -> StoreResult<Changed> {
-        // Read first: a missing or deleted message takes no ticket.
-        let Some(message) = MessageStore::get(self, room, id).await? else {
-            return Ok(Changed::Gone);
-        };
-        if message.deleted {
-            return Ok(Changed::Gone);
-        }
+        // The message is read at the turn (see `commit_change`): one that is missing or
+        // deleted by then passes the turn on unused. (The chat read it before, to know who may
+        // change it: a second read here would cost a request for a case that is rare.)
         let write = Write::Change {
             room,
             id,

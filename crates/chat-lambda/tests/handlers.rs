@@ -115,11 +115,51 @@ async fn every_route(handlers: &Handlers, recorder: &Recorder) {
     assert_eq!((&retry["id"], &retry["ts"]), (&ack["id"], &ack["ts"]));
     assert!(recorder.take().is_empty());
 
+    // editMessage and deleteMessage (version 2), of the message just sent: by its sender only.
+    let naming = |name: &str, connection: &str| {
+        let mut event = fixture_from(name, connection);
+        event.body = event
+            .body
+            .map(|body| body.replace("MESSAGE_ID", ack["id"].as_str().unwrap()));
+        event
+    };
+    let refused = handlers.message(naming("editMessage.json", BOB)).await;
+    assert_eq!(
+        (refused.status_code, body(&refused)["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    assert!(recorder.take().is_empty());
+    let updated = body(&handlers.message(naming("editMessage.json", ADA)).await);
+    assert_eq!(updated["type"], "updated", "{updated}");
+    assert_eq!(updated["requestId"], "r-edit");
+    assert_eq!(updated["seq"], ack["seq"].as_u64().unwrap() + 1);
+    let delivered = recorder.take();
+    assert_eq!(delivered.len(), 3);
+    assert!(
+        delivered
+            .iter()
+            .all(|(_, frame)| frame["type"] == "messageUpdated"
+                && frame["text"] == "hello, world!"
+                && frame["seq"] == updated["seq"])
+    );
+    let deleted = body(&handlers.message(naming("deleteMessage.json", ADA)).await);
+    assert_eq!(deleted["type"], "deleted", "{deleted}");
+    assert_eq!(deleted["seq"], ack["seq"].as_u64().unwrap() + 2);
+    assert!(
+        recorder
+            .take()
+            .iter()
+            .all(|(_, frame)| frame["type"] == "messageDeleted")
+    );
+    let again = handlers.message(naming("deleteMessage.json", ADA)).await;
+    assert_eq!(body(&again)["code"], "bad_request");
+
     // history
     let history = body(&handlers.message(fixture("history.json")).await);
     assert_eq!(history["type"], "history");
     assert_eq!(history["requestId"], "r-history");
     assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(history["messages"][0]["deleted"], true, "the tombstone");
     assert_eq!(history["hasMore"], false);
 
     // joinRoom: bob first, then ada, whom bob hears join.
