@@ -108,7 +108,7 @@ macro_rules! message_store_conformance {
                 concurrent_appends_are_all_stored_once_in_id_order,
                 concurrent_appends_with_the_same_client_msg_id_store_one_message,
                 edits_and_deletes_are_events_with_the_rooms_next_seq,
-                a_change_to_a_missing_or_deleted_message_is_gone_and_takes_no_seq,
+                a_change_to_a_missing_or_deleted_message_is_gone_and_adds_no_event,
                 events_after_a_seq_hold_messages_and_changes_in_seq_order,
                 only_the_sender_may_change_a_message,
             ]
