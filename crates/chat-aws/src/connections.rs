@@ -61,6 +61,9 @@ struct ConnectionItem {
     /// The `sendMessage` allowance, absent until the first send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     allowance: Option<TokenBucket>,
+    /// The `react`/`unreact` allowance, absent until the first reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reaction_allowance: Option<TokenBucket>,
 }
 
 impl ConnectionItem {
@@ -261,6 +264,7 @@ impl ConnectionStore for DynamoConnections {
             ttl: now_secs() + self.ttl.as_secs(),
             connected_at: connected_at_ms,
             allowance: None,
+            reaction_allowance: None,
         };
         let out = self
             .db
@@ -446,12 +450,54 @@ impl ConnectionStore for DynamoConnections {
         limit: RateLimit,
         now_ms: u64,
     ) -> StoreResult<bool> {
+        self.take_from(id, Bucket::Messages, limit, now_ms).await
+    }
+
+    async fn take_reaction_allowance(
+        &self,
+        id: &ConnectionId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        self.take_from(id, Bucket::Reactions, limit, now_ms).await
+    }
+}
+
+/// The allowances of a connection item.
+#[derive(Clone, Copy)]
+enum Bucket {
+    Messages,
+    Reactions,
+}
+
+impl Bucket {
+    fn attribute(self) -> &'static str {
+        match self {
+            Self::Messages => "allowance",
+            Self::Reactions => "reactionAllowance",
+        }
+    }
+}
+
+impl DynamoConnections {
+    /// Takes one token of the connection's `which` allowance: a compare-and-set of the bucket
+    /// read.
+    async fn take_from(
+        &self,
+        id: &ConnectionId,
+        which: Bucket,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
         for attempt in 0..MAX_ATTEMPTS {
             after_lost_race(attempt).await;
             let Some(connection) = self.load(id).await? else {
                 return Ok(false);
             };
-            let before = connection.allowance;
+            let before = match which {
+                Bucket::Messages => connection.allowance,
+                Bucket::Reactions => connection.reaction_allowance,
+            };
             let mut bucket = before.unwrap_or_else(|| TokenBucket::full(limit, now_ms));
             if !bucket.try_take(limit, now_ms) {
                 // A refusal changes nothing that matters: the tokens it would store are exactly
@@ -465,7 +511,7 @@ impl ConnectionStore for DynamoConnections {
                 .table_name(&self.db.tables.connections)
                 .set_key(Some(Self::key(id)))
                 .update_expression("SET #allowance = :after")
-                .expression_attribute_names("#allowance", "allowance")
+                .expression_attribute_names("#allowance", which.attribute())
                 .expression_attribute_values(
                     ":after",
                     serde_dynamo::to_attribute_value(bucket).map_err(serde_error)?,
@@ -503,7 +549,7 @@ impl ConnectionStore for DynamoConnections {
             }
         }
         Err(StoreError::new(
-            "take_send_allowance: the allowance kept changing; gave up",
+            "take an allowance: the allowance kept changing; gave up",
         ))
     }
 }

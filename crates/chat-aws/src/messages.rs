@@ -16,11 +16,12 @@
 //! A message with a `clientMsgId` also writes its idempotency key, which must not exist yet: a
 //! retry, from any container, finds the key and gets the first message back.
 //!
-//! An edit or a delete is an event of the room too: it takes its turn like an append, and in one
-//! transaction moves the head, updates the message (on the condition that it exists and is not
-//! deleted) and writes a change item (`~change#<seq>`, in the index) that names the message. The
-//! change item holds no text: a recovery shows the message's text as it is then, so a delete
-//! removes the text from the table at once.
+//! An edit, a change of reactions or a delete is an event of the room too: it takes its turn
+//! like an append, and in one transaction moves the head, updates the message (on the condition
+//! that it exists and is not deleted), writes a change item (`~change#<seq>`, in the index) that
+//! names the message, and deletes the change item it replaces: a message keeps one of each kind,
+//! its latest (a delete replaces both). A change item holds no text: a recovery shows the
+//! message as it is then, so a delete removes the text from the table at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
-    RoomHead, RoomName, StoredMessage,
+    Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange,
+    MessageId, NewMessage, Page, Reactions, RoomHead, RoomName, StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
 use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
@@ -69,9 +70,14 @@ struct MessageItem {
     deleted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     author_connection: Option<String>,
-    /// The `seq` of each of its edits: their change items, which its delete removes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    edits: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Reactions::is_empty")]
+    reactions: Reactions,
+    /// The `seq` of its latest edit and of its latest change of reactions: their change
+    /// items, which the next of their kind (or its delete) replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edit_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reactions_seq: Option<u64>,
 }
 
 /// An edit or a delete of `message_id`, the room's event `seq`.
@@ -82,7 +88,8 @@ struct ChangeItem {
     sk: String,
     seq: u64,
     message_id: String,
-    deleted: bool,
+    /// `edit`, `reactions` or `delete`.
+    kind: String,
 }
 
 impl MessageItem {
@@ -104,8 +111,10 @@ impl MessageItem {
                 .author_connection
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
-            // Written only by edits.
-            edits: Vec::new(),
+            reactions: message.reactions.clone(),
+            // Written only by changes.
+            edit_seq: None,
+            reactions_seq: None,
         }
     }
 
@@ -125,7 +134,7 @@ impl MessageItem {
                 .transpose()
                 .map_err(invalid)?,
             edited_at: self.edited_at,
-            edits: u32::try_from(self.edits.len()).unwrap_or(u32::MAX),
+            reactions: self.reactions,
             deleted: self.deleted,
             author_connection: self.author_connection.map(ConnectionId::new),
         })
@@ -341,16 +350,37 @@ impl DynamoMessages {
         head: RoomHead,
         ticket: u64,
     ) -> StoreResult<Attempt> {
+        let pass = |outcome| {
+            Ok(Attempt::Passed {
+                my_turn: true,
+                outcome,
+            })
+        };
         let item = match self.get(room_key(room.as_str(), id.to_string())).await? {
             Some(item) => serde_dynamo::from_item::<_, MessageItem>(item).map_err(serde_error)?,
-            None => return Ok(Attempt::Gone { my_turn: true }),
+            None => return pass(Outcome::Gone),
         };
         if item.deleted {
-            return Ok(Attempt::Gone { my_turn: true });
+            return pass(Outcome::Gone);
         }
-        let edits = item.edits.clone();
+        // The change items this one replaces: the message's latest of the same kind (one of
+        // each kind is an event), or for a delete all of them.
+        let kind = change.logged_kind();
+        let replaced: Vec<u64> = match kind {
+            LoggedKind::Edit => item.edit_seq.into_iter().collect(),
+            LoggedKind::Reactions => item.reactions_seq.into_iter().collect(),
+            LoggedKind::Delete => item
+                .edit_seq
+                .into_iter()
+                .chain(item.reactions_seq)
+                .collect(),
+        };
         let message = item.into_message()?;
-        let event = MessageChange::of(&message, change, ticket, (self.clock)());
+        let event = match MessageChange::of(&message, change, ticket, (self.clock)()) {
+            Ok(Some(event)) => event,
+            Ok(None) => return pass(Outcome::Unchanged),
+            Err(_) => return pass(Outcome::TooManyReactions),
+        };
         let table = &self.db.tables.messages;
         let room = message.room.as_str();
         let update = aws_sdk_dynamodb::types::Update::builder()
@@ -361,23 +391,39 @@ impl DynamoMessages {
             )
             .expression_attribute_names("#sk", SORT_KEY)
             .expression_attribute_names("#deleted", "deleted")
-            .expression_attribute_names("#text", "text")
             .expression_attribute_values(":no", AttributeValue::Bool(false));
         let update = match &event.kind {
-            chat_core::domain::ChangeKind::Edited { text, edited_at } => update
-                .update_expression(
-                    "SET #text = :text, #editedAt = :at, #edits = list_append(if_not_exists(#edits, :none), :seq)",
-                )
+            ChangeKind::Edited { text, edited_at } => update
+                .update_expression("SET #text = :text, #editedAt = :at, #editSeq = :seq")
+                .expression_attribute_names("#text", "text")
                 .expression_attribute_names("#editedAt", "editedAt")
-                .expression_attribute_names("#edits", "edits")
+                .expression_attribute_names("#editSeq", "editSeq")
                 .expression_attribute_values(":text", s(text.as_str()))
                 .expression_attribute_values(":at", n(edited_at))
-                .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
-                .expression_attribute_values(":seq", AttributeValue::L(vec![n(ticket)])),
+                .expression_attribute_values(":seq", n(ticket)),
+            ChangeKind::Reactions { reactions } if reactions.is_empty() => update
+                .update_expression("SET #reactionsSeq = :seq REMOVE #reactions")
+                .expression_attribute_names("#reactions", "reactions")
+                .expression_attribute_names("#reactionsSeq", "reactionsSeq")
+                .expression_attribute_values(":seq", n(ticket)),
+            ChangeKind::Reactions { reactions } => update
+                .update_expression("SET #reactions = :reactions, #reactionsSeq = :seq")
+                .expression_attribute_names("#reactions", "reactions")
+                .expression_attribute_names("#reactionsSeq", "reactionsSeq")
+                .expression_attribute_values(
+                    ":reactions",
+                    serde_dynamo::to_attribute_value(reactions).map_err(serde_error)?,
+                )
+                .expression_attribute_values(":seq", n(ticket)),
             // The text goes: the change items never held it.
-            chat_core::domain::ChangeKind::Deleted => update
-                .update_expression("SET #deleted = :yes REMOVE #text, #edits")
-                .expression_attribute_names("#edits", "edits")
+            ChangeKind::Deleted => update
+                .update_expression(
+                    "SET #deleted = :yes REMOVE #text, #reactions, #editSeq, #reactionsSeq",
+                )
+                .expression_attribute_names("#text", "text")
+                .expression_attribute_names("#reactions", "reactions")
+                .expression_attribute_names("#editSeq", "editSeq")
+                .expression_attribute_names("#reactionsSeq", "reactionsSeq")
                 .expression_attribute_values(":yes", AttributeValue::Bool(true)),
         };
         let change_item = ChangeItem {
@@ -385,7 +431,7 @@ impl DynamoMessages {
             sk: keys::change(ticket),
             seq: ticket,
             message_id: message.id.to_string(),
-            deleted: *change == Change::Delete,
+            kind: kind.as_str().to_owned(),
         };
         let put_change = Put::builder()
             .table_name(table)
@@ -405,17 +451,13 @@ impl DynamoMessages {
                 .build(),
             TransactWriteItem::builder().put(put_change).build(),
         ];
-        if *change == Change::Delete {
-            // Its edits are no events any more: the delete says all. (A transaction holds 100
-            // items; a message has at most `MAX_EDITS` edits, give or take racing ones.)
-            for seq in edits.iter().take(100 - items.len()) {
-                let delete = aws_sdk_dynamodb::types::Delete::builder()
-                    .table_name(table)
-                    .set_key(Some(room_key(room, keys::change(*seq))))
-                    .build()
-                    .map_err(StoreError::new)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
-            }
+        for seq in replaced {
+            let delete = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(table)
+                .set_key(Some(room_key(room, keys::change(seq))))
+                .build()
+                .map_err(StoreError::new)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
         }
         let cancelled = match self.db.transact(items).await? {
             Ok(()) => return Ok(Attempt::Stored(Written::Change(event))),
@@ -430,8 +472,9 @@ impl DynamoMessages {
         };
         if failed(1) {
             // Deleted (or gone) since it was read.
-            return Ok(Attempt::Gone {
+            return Ok(Attempt::Passed {
                 my_turn: !failed(0),
+                outcome: Outcome::Gone,
             });
         }
         Ok(Attempt::NotMyTurn(head_in(reasons)?))
@@ -514,7 +557,9 @@ impl DynamoMessages {
                         seq: change.seq,
                         id: MessageId::parse(&change.message_id)
                             .map_err(|e| StoreError::new(e.0))?,
-                        deleted: change.deleted,
+                        kind: LoggedKind::parse(&change.kind).ok_or_else(|| {
+                            StoreError(format!("an unknown kind of change: {}", change.kind))
+                        })?,
                     });
                     continue;
                 }
@@ -546,7 +591,10 @@ impl DynamoMessages {
             .await?;
         let (messages, changes, has_more) = merge_events(messages, changes, limit);
         let mut now = std::collections::HashMap::new();
-        for change in changes.iter().filter(|change| !change.deleted) {
+        for change in changes
+            .iter()
+            .filter(|change| change.kind != LoggedKind::Delete)
+        {
             if now.contains_key(&change.id) {
                 continue;
             }
@@ -634,14 +682,20 @@ enum Outcome {
     Duplicate(StoredMessage),
     /// A change to a message deleted (or gone) since it was read.
     Gone,
+    /// A reaction that changes nothing.
+    Unchanged,
+    /// A new kind of reaction past the most.
+    TooManyReactions,
 }
 
 /// What one attempt at committing a write did.
 enum Attempt {
     Stored(Written),
-    /// The message to change was deleted since it was read; `my_turn` as for `KeyExists`.
-    Gone {
+    /// Nothing to write (the message is gone, or the change changes nothing or may not be
+    /// made): `outcome` says which; `my_turn` as for `KeyExists`.
+    Passed {
         my_turn: bool,
+        outcome: Outcome,
     },
     /// The head was not at the seq before the ticket: where it is, when DynamoDB said.
     NotMyTurn(Option<RoomHead>),
@@ -669,9 +723,10 @@ impl MessageStore for DynamoMessages {
         match self.write(&message.room, Write::Append(&message)).await? {
             Outcome::Written(Written::Message(stored)) => Ok(Appended::New(stored)),
             Outcome::Duplicate(earlier) => Ok(Appended::Duplicate(earlier)),
-            Outcome::Written(Written::Change(_)) | Outcome::Gone => {
-                Err(StoreError::new("an append wrote no message"))
-            }
+            Outcome::Written(Written::Change(_))
+            | Outcome::Gone
+            | Outcome::Unchanged
+            | Outcome::TooManyReactions => Err(StoreError::new("an append wrote no message")),
         }
     }
 
@@ -700,6 +755,8 @@ impl MessageStore for DynamoMessages {
         match self.write(room, write).await? {
             Outcome::Written(Written::Change(event)) => Ok(Changed::Done(event)),
             Outcome::Gone => Ok(Changed::Gone),
+            Outcome::Unchanged => Ok(Changed::Unchanged),
+            Outcome::TooManyReactions => Ok(Changed::TooManyReactions),
             Outcome::Written(Written::Message(_)) | Outcome::Duplicate(_) => {
                 Err(StoreError::new("a change wrote a message"))
             }
@@ -774,11 +831,11 @@ impl DynamoMessages {
             }
             match self.commit(&write, head, ticket).await? {
                 Attempt::Stored(written) => return Ok(Outcome::Written(written)),
-                Attempt::Gone { my_turn } => {
+                Attempt::Passed { my_turn, outcome } => {
                     if my_turn {
                         self.skip(room, head).await?;
                     }
-                    return Ok(Outcome::Gone);
+                    return Ok(outcome);
                 }
                 Attempt::NotMyTurn(now) => {
                     head = match now {

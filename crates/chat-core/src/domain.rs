@@ -379,8 +379,8 @@ pub struct StoredMessage {
     pub client_msg_id: Option<ClientMsgId>,
     /// When its text was last edited.
     pub edited_at: Option<u64>,
-    /// How many times it was edited: at most [`StoredMessage::MAX_EDITS`].
-    pub edits: u32,
+    /// Who reacted with what: each reaction's users (see [`Editor::reactor_key`]).
+    pub reactions: Reactions,
     /// Deleted: its text is gone from the store.
     pub deleted: bool,
     /// The connection that sent it, kept when the sender has no user id: the only one that may
@@ -408,8 +408,70 @@ impl Serialize for StoredMessage {
         if let Some(edited_at) = self.edited_at {
             map.serialize_entry("editedAt", &edited_at)?;
         }
+        if !self.reactions.is_empty() {
+            map.serialize_entry("reactions", &ReactionSummary(&self.reactions))?;
+        }
         map.end()
     }
+}
+
+/// A message's reactions: each reaction (an emoji, say) to the users who reacted with it, in a
+/// stable order; never an empty set.
+pub type Reactions = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// The most kinds of reaction on one message.
+pub const MAX_REACTION_KINDS: usize = 20;
+
+/// Reactions as frames show them: `{"👍": {"count": 2}}`, nobody's name.
+pub struct ReactionSummary<'a>(pub &'a Reactions);
+
+impl Serialize for ReactionSummary<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(Serialize)]
+        struct Count {
+            count: usize,
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (emoji, users) in self.0 {
+            map.serialize_entry(emoji, &Count { count: users.len() })?;
+        }
+        map.end()
+    }
+}
+
+/// A reaction: 1 to 16 characters (an emoji, a short word), no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Emoji(Arc<str>);
+
+impl Emoji {
+    pub const MAX_CHARS: usize = 16;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS || s.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "emoji must be 1 to {} characters, without control characters",
+                Self::MAX_CHARS
+            )));
+        }
+        Ok(Self(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a reaction would do to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reacted {
+    /// Its reactions after it.
+    Changed(Reactions),
+    /// Nothing: the user had reacted so already (or had not, to unreact).
+    Unchanged,
+    /// A new kind past [`MAX_REACTION_KINDS`].
+    TooManyKinds,
 }
 
 /// Who asks to change a message.
@@ -424,11 +486,78 @@ pub enum Editor<'a> {
     Server,
 }
 
+impl Editor<'_> {
+    /// Whose reaction it is: the user when authenticated, else the connection (a reaction of
+    /// each kind per user per message).
+    pub fn reactor_key(&self) -> String {
+        match self {
+            Self::Connection {
+                user_id: Some(user),
+                ..
+            } => format!("u:{user}"),
+            Self::Connection { id, user_id: None } => format!("c:{id}"),
+            Self::Server => "server".to_owned(),
+        }
+    }
+}
+
 /// A change to a stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Edit(MessageText),
     Delete,
+    /// `react` (`add`) or `unreact`, by the reactor `by`.
+    React {
+        emoji: Emoji,
+        by: String,
+        add: bool,
+    },
+}
+
+impl Change {
+    /// What a room's log keeps of it.
+    pub fn logged_kind(&self) -> LoggedKind {
+        match self {
+            Self::Edit(_) => LoggedKind::Edit,
+            Self::Delete => LoggedKind::Delete,
+            Self::React { .. } => LoggedKind::Reactions,
+        }
+    }
+}
+
+/// The kind of a change as a room's log keeps it. A message has at most one event of each kind
+/// in the log: its latest edit, its latest change of reactions, its delete (which takes the
+/// other two out); each shows the message as it is when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoggedKind {
+    Edit,
+    Reactions,
+    Delete,
+}
+
+impl LoggedKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Edit => "edit",
+            Self::Reactions => "reactions",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Edit, Self::Reactions, Self::Delete]
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+    }
+}
+
+/// A change as a room's log keeps it: which message, and what kind (what it shows is read from
+/// the message when the log is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedChange {
+    pub seq: u64,
+    pub id: MessageId,
+    pub kind: LoggedKind,
 }
 
 /// A change as the room sees it, an event with its own `seq`: `messageUpdated` or
@@ -443,52 +572,76 @@ pub struct MessageChange {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeKind {
-    Edited { text: String, edited_at: u64 },
+    Edited {
+        text: String,
+        edited_at: u64,
+    },
     Deleted,
+    /// The message's reactions after the change.
+    Reactions {
+        reactions: Reactions,
+    },
 }
 
 impl MessageChange {
-    /// The event of `change` made at `now_ms` with `seq`, to `message`.
-    pub fn of(message: &StoredMessage, change: &Change, seq: u64, now_ms: u64) -> Self {
+    /// The event of `change` made at `now_ms` with `seq`, to `message`; `None` when it changes
+    /// nothing (a reaction the user had already, or did not have), and an `Err` when it may not
+    /// be made (a kind of reaction past the most).
+    pub fn of(
+        message: &StoredMessage,
+        change: &Change,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<Option<Self>, Reacted> {
         let kind = match change {
             Change::Edit(text) => ChangeKind::Edited {
                 text: text.as_str().to_owned(),
                 edited_at: now_ms,
             },
             Change::Delete => ChangeKind::Deleted,
+            Change::React { emoji, by, add } => match message.react(emoji, by, *add) {
+                Reacted::Changed(reactions) => ChangeKind::Reactions { reactions },
+                Reacted::Unchanged => return Ok(None),
+                Reacted::TooManyKinds => return Err(Reacted::TooManyKinds),
+            },
         };
-        Self {
+        Ok(Some(Self {
             room: message.room.clone(),
             id: message.id,
             seq,
             kind,
-        }
+        }))
     }
 
-    /// How an event read back from a store shows: an edit with the message's text as it is now.
-    /// A delete takes the events of the message's edits out of the room's sequence, so an edit
-    /// of a deleted message is not read back; should one be (a page read while the delete
-    /// commits), it is `None`: the `messageDeleted` after it tells the rest.
+    /// How an event read back from a store shows: an edit with the message's text as it is now,
+    /// a change of reactions with its reactions now. A delete takes the message's other events
+    /// out of the room's sequence, so they are not read back; should one be (a page read while
+    /// the delete commits), it is `None`: the `messageDeleted` after it tells the rest.
     pub fn replayed(
         room: &RoomName,
-        id: MessageId,
-        seq: u64,
-        deleted: bool,
+        logged: LoggedChange,
         now: Option<&StoredMessage>,
     ) -> Option<Self> {
-        let kind = if deleted {
-            ChangeKind::Deleted
-        } else {
-            let now = now.filter(|message| !message.deleted)?;
-            ChangeKind::Edited {
-                text: now.text.clone(),
-                edited_at: now.edited_at.unwrap_or(now.ts),
+        let kind = match logged.kind {
+            LoggedKind::Delete => ChangeKind::Deleted,
+            LoggedKind::Edit => {
+                let now = now.filter(|message| !message.deleted)?;
+                ChangeKind::Edited {
+                    text: now.text.clone(),
+                    edited_at: now.edited_at.unwrap_or(now.ts),
+                }
+            }
+            LoggedKind::Reactions => {
+                let now = now.filter(|message| !message.deleted)?;
+                ChangeKind::Reactions {
+                    reactions: now.reactions.clone(),
+                }
             }
         };
         Some(Self {
             room: room.clone(),
-            id,
-            seq,
+            id: logged.id,
+            seq: logged.seq,
             kind,
         })
     }
@@ -518,14 +671,35 @@ impl StoredMessage {
             text: new.text.into_string(),
             client_msg_id: new.client_msg_id,
             edited_at: None,
-            edits: 0,
+            reactions: Reactions::new(),
             deleted: false,
         }
     }
 
-    /// The most edits of one message. (A delete takes its edits' events out of the room's
-    /// sequence in the transaction that deletes it, and a transaction has room for so many.)
-    pub const MAX_EDITS: u32 = 50;
+    /// What `react` or `unreact` by `by` would make of its reactions.
+    pub fn react(&self, emoji: &Emoji, by: &str, add: bool) -> Reacted {
+        let mut reactions = self.reactions.clone();
+        let changed = if add {
+            if !reactions.contains_key(emoji.as_str()) && reactions.len() >= MAX_REACTION_KINDS {
+                return Reacted::TooManyKinds;
+            }
+            reactions
+                .entry(emoji.as_str().to_owned())
+                .or_default()
+                .insert(by.to_owned())
+        } else {
+            let removed = reactions
+                .get_mut(emoji.as_str())
+                .is_some_and(|users| users.remove(by));
+            reactions.retain(|_, users| !users.is_empty());
+            removed
+        };
+        if changed {
+            Reacted::Changed(reactions)
+        } else {
+            Reacted::Unchanged
+        }
+    }
 
     /// Whether `editor` may edit or delete it: its sender's user, or without one the
     /// connection that sent it; and the server.
@@ -546,10 +720,11 @@ impl StoredMessage {
             ChangeKind::Edited { text, edited_at } => {
                 self.text.clone_from(text);
                 self.edited_at = Some(*edited_at);
-                self.edits += 1;
             }
+            ChangeKind::Reactions { reactions } => self.reactions.clone_from(reactions),
             ChangeKind::Deleted => {
                 self.text = String::new();
+                self.reactions.clear();
                 self.deleted = true;
             }
         }

@@ -12,8 +12,8 @@ use indexmap::IndexMap;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
-    RoomHead, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange, MessageId,
+    NewMessage, Page, RoomHead, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore,
@@ -32,6 +32,7 @@ struct ConnectionEntry {
     connected_at_ms: u64,
     rooms: Vec<RoomName>,
     allowance: Option<TokenBucket>,
+    reaction_allowance: Option<TokenBucket>,
 }
 
 #[derive(Default)]
@@ -78,6 +79,7 @@ impl ConnectionStore for MemoryConnections {
                 connected_at_ms,
                 rooms: Vec::new(),
                 allowance: None,
+                reaction_allowance: None,
             },
         );
         Ok(())
@@ -198,6 +200,22 @@ impl ConnectionStore for MemoryConnections {
             .get_or_insert_with(|| TokenBucket::full(limit, now_ms));
         Ok(bucket.try_take(limit, now_ms))
     }
+
+    async fn take_reaction_allowance(
+        &self,
+        id: &ConnectionId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
+        let mut state = lock(&self.state);
+        let Some(entry) = state.connections.get_mut(id) else {
+            return Ok(false);
+        };
+        let bucket = entry
+            .reaction_allowance
+            .get_or_insert_with(|| TokenBucket::full(limit, now_ms));
+        Ok(bucket.try_take(limit, now_ms))
+    }
 }
 
 #[derive(Default)]
@@ -211,14 +229,7 @@ struct MessagesState {
     by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), MessageId>,
 }
 
-/// A change as a room's log keeps it: which message, and what (an edit shows the text the
-/// message has when it is read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoggedChange {
-    pub seq: u64,
-    pub id: MessageId,
-    pub deleted: bool,
-}
+pub use crate::domain::LoggedChange;
 
 impl MessagesState {
     fn message(&self, room: &RoomName, id: &MessageId) -> Option<&StoredMessage> {
@@ -336,18 +347,11 @@ pub fn replay(
     changes
         .iter()
         .filter_map(|change| {
-            let message = if change.deleted {
-                None
-            } else {
-                now(&change.id)
+            let message = match change.kind {
+                LoggedKind::Delete => None,
+                LoggedKind::Edit | LoggedKind::Reactions => now(&change.id),
             };
-            MessageChange::replayed(
-                room,
-                change.id,
-                change.seq,
-                change.deleted,
-                message.as_ref(),
-            )
+            MessageChange::replayed(room, *change, message.as_ref())
         })
         .collect()
 }
@@ -412,19 +416,20 @@ impl MessageStore for MemoryMessages {
         else {
             return Ok(Changed::Gone);
         };
-        let event = MessageChange::of(message, &change, seq, now_ms());
+        let event = match MessageChange::of(message, &change, seq, now_ms()) {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(Changed::Unchanged),
+            Err(_) => return Ok(Changed::TooManyReactions),
+        };
         message.apply(&event);
         state.heads.insert(room.clone(), seq);
+        let kind = change.logged_kind();
         let log = state.changes.entry(room.clone()).or_default();
-        if change == Change::Delete {
-            // Its edits are no events any more: the delete says all.
-            log.retain(|logged| logged.id != *id);
-        }
-        log.push(LoggedChange {
-            seq,
-            id: *id,
-            deleted: change == Change::Delete,
+        // One event of each kind per message: the latest (a delete takes all of them out).
+        log.retain(|logged| {
+            logged.id != *id || (kind != LoggedKind::Delete && logged.kind != kind)
         });
+        log.push(LoggedChange { seq, id: *id, kind });
         Ok(Changed::Done(event))
     }
 

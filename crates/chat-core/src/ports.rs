@@ -97,6 +97,15 @@ pub trait ConnectionStore: Send + Sync {
         limit: RateLimit,
         now_ms: u64,
     ) -> StoreResult<bool>;
+
+    /// (Version 2) Takes one reaction (`react`, `unreact`) from the connection's reaction
+    /// allowance, which is apart from its messages'; false when it is used up.
+    async fn take_reaction_allowance(
+        &self,
+        id: &ConnectionId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
 }
 
 /// What `append` did.
@@ -113,8 +122,12 @@ pub enum Appended {
 pub enum Changed {
     /// Stored, with the room's next `seq`.
     Done(MessageChange),
-    /// No such message in the room, or it is deleted: nothing changed, no `seq` used.
+    /// No such message in the room, or it is deleted: nothing changed, no event added.
     Gone,
+    /// A reaction the user had already (or an `unreact` of one it had not): nothing to change.
+    Unchanged,
+    /// A new kind of reaction past [`MAX_REACTION_KINDS`](crate::domain::MAX_REACTION_KINDS).
+    TooManyReactions,
 }
 
 /// Messages, per room, in the order they were stored.
@@ -147,7 +160,8 @@ pub trait MessageStore: Send + Sync {
     /// (Version 2) The message with this id in the room, as it is now (a tombstone when deleted).
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>>;
 
-    /// (Version 2) Edits or deletes the message, as the room's next event (its own `seq`);
+    /// (Version 2) Edits, deletes or reacts to the message, as the room's next event (its own
+    /// `seq`), keeping one event of each [`LoggedKind`](crate::domain::LoggedKind) per message;
     /// [`Changed::Gone`] when it does not exist or is deleted. Who may is the caller's to check.
     async fn change(&self, room: &RoomName, id: &MessageId, change: Change)
     -> StoreResult<Changed>;

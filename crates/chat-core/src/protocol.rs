@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    ChangeKind, ClientMsgId, Cursor, Invalid, Member, MessageChange, MessageId, MessageText,
-    PageLimit, RequestId, RoomName, StoredMessage, TextError,
+    ChangeKind, ClientMsgId, Cursor, Emoji, Invalid, Member, MessageChange, MessageId, MessageText,
+    PageLimit, ReactionSummary, RequestId, RoomName, StoredMessage, TextError,
 };
 
 /// Declares a closed set of protocol names once: the enum, `ALL`, and `as_str` (an exhaustive
@@ -93,6 +93,8 @@ names! {
         Ping = "ping",
         EditMessage = "editMessage",
         DeleteMessage = "deleteMessage",
+        React = "react",
+        Unreact = "unreact",
     }
 }
 
@@ -170,6 +172,13 @@ pub enum Action {
         room: RoomName,
         id: MessageId,
     },
+    /// (Version 2) `react` (`add`) or `unreact` to a message.
+    React {
+        room: RoomName,
+        id: MessageId,
+        emoji: Emoji,
+        add: bool,
+    },
 }
 
 impl Action {
@@ -182,7 +191,8 @@ impl Action {
             | Self::Members { room }
             | Self::Typing { room }
             | Self::EditMessage { room, .. }
-            | Self::DeleteMessage { room, .. } => Some(room),
+            | Self::DeleteMessage { room, .. }
+            | Self::React { room, .. } => Some(room),
             Self::JoinRoom { .. } | Self::Ping => None,
         }
     }
@@ -355,6 +365,12 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             room: required_room(fields)?,
             id: required_message_id(fields)?,
         },
+        ActionName::React | ActionName::Unreact => Action::React {
+            room: required_room(fields)?,
+            id: required_message_id(fields)?,
+            emoji: Emoji::parse(required_string(fields, "emoji")?)?,
+            add: action == ActionName::React,
+        },
     })
 }
 
@@ -526,6 +542,13 @@ pub enum ServerFrame<'a> {
         id: MessageId,
         seq: u64,
     },
+    /// (Version 2) The reply to `react` and `unreact`.
+    Reacted {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        id: MessageId,
+    },
     /// (Version 2) The reply to `deleteMessage`.
     Deleted {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -546,7 +569,8 @@ pub enum ServerFrame<'a> {
 }
 
 /// A change to a message as a frame, with its `type`: `messageUpdated` (`room`, `id`, `text`,
-/// `editedAt`, `seq`) or `messageDeleted` (`room`, `id`, `seq`). The same object is the live
+/// `editedAt`, `seq`), `messageDeleted` (`room`, `id`, `seq`) or `reactions` (`room`, `id`,
+/// `reactions`, `seq`). The same object is the live
 /// frame and the event in a page of `events`.
 #[derive(Debug, Clone, Copy)]
 pub struct ChangeEvent<'a>(pub &'a MessageChange);
@@ -559,13 +583,20 @@ impl Serialize for ChangeEvent<'_> {
         let kind = match change.kind {
             ChangeKind::Edited { .. } => "messageUpdated",
             ChangeKind::Deleted => "messageDeleted",
+            ChangeKind::Reactions { .. } => "reactions",
         };
         map.serialize_entry("type", kind)?;
         map.serialize_entry("room", &change.room)?;
         map.serialize_entry("id", &change.id)?;
-        if let ChangeKind::Edited { text, edited_at } = &change.kind {
-            map.serialize_entry("text", text)?;
-            map.serialize_entry("editedAt", edited_at)?;
+        match &change.kind {
+            ChangeKind::Edited { text, edited_at } => {
+                map.serialize_entry("text", text)?;
+                map.serialize_entry("editedAt", edited_at)?;
+            }
+            ChangeKind::Reactions { reactions } => {
+                map.serialize_entry("reactions", &ReactionSummary(reactions))?;
+            }
+            ChangeKind::Deleted => {}
         }
         map.serialize_entry("seq", &change.seq)?;
         map.end()
@@ -877,7 +908,7 @@ mod tests {
         // routed to another action's parser shows here.
         for name in ActionName::ALL {
             let frame = format!(
-                r#"{{"action":"{name}","room":"r","text":"t","id":"0190a0f0-0000-7000-8000-000000000000"}}"#
+                r#"{{"action":"{name}","room":"r","text":"t","emoji":"+1","id":"0190a0f0-0000-7000-8000-000000000000"}}"#
             );
             let action = parse(&frame).unwrap().action;
             let parsed = match action {
@@ -890,6 +921,8 @@ mod tests {
                 Action::Ping => ActionName::Ping,
                 Action::EditMessage { .. } => ActionName::EditMessage,
                 Action::DeleteMessage { .. } => ActionName::DeleteMessage,
+                Action::React { add: true, .. } => ActionName::React,
+                Action::React { add: false, .. } => ActionName::Unreact,
             };
             assert_eq!(parsed, *name);
             assert_eq!(ActionName::from_name(name.as_str()), Some(*name));

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
-    Change, ConnectionId, Cursor, DisplayName, Editor, Member, MessageId, NewMessage, Page,
-    RequestId, RoomName, StoredMessage,
+    Change, ChangeKind, ConnectionId, Cursor, DisplayName, Editor, MAX_REACTION_KINDS, Member,
+    MessageId, NewMessage, Page, Reacted, RequestId, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier,
@@ -372,13 +372,34 @@ impl Chat {
                 .change_message(&me, request_id, room, id, Change::Delete)
                 .await
                 .map(Some),
+            Action::React {
+                room,
+                id,
+                emoji,
+                add,
+            } => {
+                let by = Editor::Connection {
+                    id: &me.id,
+                    user_id: me.member.user_id.as_deref(),
+                }
+                .reactor_key();
+                let change = Change::React {
+                    emoji: emoji.clone(),
+                    by,
+                    add: *add,
+                };
+                self.change_message(&me, request_id, room, id, change)
+                    .await
+                    .map(Some)
+            }
         }
     }
 
-    /// `editMessage` and `deleteMessage`: by the message's sender only (checked after
-    /// membership, before the rate limit, which they share with `sendMessage`: each is a
-    /// frame to every member). The change is stored as the room's next event, then sent to
-    /// the room, then acknowledged, like a message.
+    /// `editMessage`, `deleteMessage`, `react` and `unreact`. Edits and deletes are the
+    /// sender's only (checked after membership, before the rate limit, which they share with
+    /// `sendMessage`: each is a frame to every member); reactions are anyone's, with an
+    /// allowance of their own. The change is stored as the room's next event, then sent to the
+    /// room, then acknowledged, like a message.
     async fn change_message(
         &self,
         me: &ConnectionRecord,
@@ -388,6 +409,7 @@ impl Chat {
         change: Change,
     ) -> Result<Payload, ChatError> {
         let no_message = || ChatError::bad_request(format!("room {room} has no message {id}"));
+        let deleted = || ChatError::bad_request(format!("message {id} is deleted"));
         let message = self
             .messages
             .get(room, id)
@@ -395,66 +417,62 @@ impl Chat {
             .map_err(internal)?
             .ok_or_else(no_message)?;
         if message.deleted {
-            return Err(ChatError::bad_request(format!("message {id} is deleted")));
+            return Err(deleted());
         }
         let editor = Editor::Connection {
             id: &me.id,
             user_id: me.member.user_id.as_deref(),
         };
-        if !message.may_be_changed_by(editor) {
+        let reaction = matches!(change, Change::React { .. });
+        if !reaction && !message.may_be_changed_by(editor) {
             return Err(ChatError::new(
                 ErrorCode::Forbidden,
                 "only the sender of a message may edit or delete it",
             ));
         }
-        if matches!(change, Change::Edit(_)) && message.edits >= StoredMessage::MAX_EDITS {
-            return Err(ChatError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "message {id} was edited {} times, the most a message can be",
-                    StoredMessage::MAX_EDITS
-                ),
-            ));
+        if reaction {
+            self.take_reaction_allowance(me).await?;
+        } else {
+            self.take_allowance(me).await?;
         }
-        self.take_allowance(me).await?;
-        self.apply_change(room, id, change)
-            .await?
-            .ok_or_else(|| ChatError::bad_request(format!("message {id} is deleted")))
-            .map(|event| {
-                let (id, seq) = (event.id, event.seq);
-                Payload::encode(&match event.kind {
-                    crate::domain::ChangeKind::Edited { .. } => ServerFrame::Updated {
-                        request_id,
-                        room,
-                        id,
-                        seq,
-                    },
-                    crate::domain::ChangeKind::Deleted => ServerFrame::Deleted {
-                        request_id,
-                        room,
-                        id,
-                        seq,
-                    },
-                })
-            })
-    }
-
-    /// Stores a change and sends it to the room; `None` when the message is gone (deleted or
-    /// missing) by the time it is stored.
-    async fn apply_change(
-        &self,
-        room: &RoomName,
-        id: &MessageId,
-        change: Change,
-    ) -> Result<Option<crate::domain::MessageChange>, ChatError> {
-        let event = match self
-            .messages
-            .change(room, id, change)
-            .await
-            .map_err(internal)?
-        {
+        let answer = |frame: ServerFrame<'_>| Ok(Payload::encode(&frame));
+        // A reaction the message has already (a double tap), or past the most kinds, needs no
+        // store: the message was just read. (The store checks again, at its turn.)
+        let known = match &change {
+            Change::React { emoji, by, add } => match message.react(emoji, by, *add) {
+                Reacted::Changed(_) => None,
+                Reacted::Unchanged => Some(Changed::Unchanged),
+                Reacted::TooManyKinds => Some(Changed::TooManyReactions),
+            },
+            Change::Edit(_) | Change::Delete => None,
+        };
+        let outcome = match known {
+            Some(outcome) => outcome,
+            None => self
+                .messages
+                .change(room, id, change)
+                .await
+                .map_err(internal)?,
+        };
+        let event = match outcome {
             Changed::Done(event) => event,
-            Changed::Gone => return Ok(None),
+            Changed::Gone => return Err(deleted()),
+            // Already so: nothing to tell the room.
+            Changed::Unchanged => {
+                return answer(ServerFrame::Reacted {
+                    request_id,
+                    room,
+                    id: *id,
+                });
+            }
+            Changed::TooManyReactions => {
+                return Err(ChatError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "message {id} has {MAX_REACTION_KINDS} kinds of reaction, the most a message can have"
+                    ),
+                ));
+            }
         };
         self.notify_room(room, None, &ServerFrame::Change(ChangeEvent(&event)))
             .await
@@ -463,7 +481,47 @@ impl Chat {
                 tracing::error!(room = %room, error = %e, "fan-out failed after a change was stored");
             })
             .ok();
-        Ok(Some(event))
+        let (id, seq) = (event.id, event.seq);
+        answer(match event.kind {
+            ChangeKind::Edited { .. } => ServerFrame::Updated {
+                request_id,
+                room,
+                id,
+                seq,
+            },
+            ChangeKind::Deleted => ServerFrame::Deleted {
+                request_id,
+                room,
+                id,
+                seq,
+            },
+            ChangeKind::Reactions { .. } => ServerFrame::Reacted {
+                request_id,
+                room,
+                id,
+            },
+        })
+    }
+
+    /// Takes one reaction of the connection's reaction allowance, or refuses with
+    /// `rate_limited`.
+    async fn take_reaction_allowance(&self, me: &ConnectionRecord) -> Result<(), ChatError> {
+        let limit = self.config.reaction_rate_limit;
+        let allowed = self
+            .connections
+            .take_reaction_allowance(&me.id, limit, (self.clock)())
+            .await
+            .map_err(internal)?;
+        if allowed {
+            return Ok(());
+        }
+        Err(ChatError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many reactions: the limit is a burst of {}, then {} a second; nothing changed",
+                limit.burst, limit.per_second
+            ),
+        ))
     }
 
     /// Takes one frame of the connection's send allowance, or refuses with `rate_limited`.

@@ -142,9 +142,32 @@ async fn every_route(handlers: &Handlers, recorder: &Recorder) {
                 && frame["text"] == "hello, world!"
                 && frame["seq"] == updated["seq"])
     );
+    // react and unreact: anyone's; twice counts once.
+    for who in [BOB, BOB, CAT] {
+        let reacted = body(&handlers.message(naming("react.json", who)).await);
+        assert_eq!(reacted["type"], "reacted", "{reacted}");
+        assert_eq!(reacted["requestId"], "r-react");
+    }
+    let summaries: Vec<serde_json::Value> = recorder
+        .take()
+        .into_iter()
+        .filter(|(to, _)| to == ADA)
+        .map(|(_, frame)| frame["reactions"].clone())
+        .collect();
+    assert_eq!(
+        summaries,
+        [json!({"👍":{"count":1}}), json!({"👍":{"count":2}})],
+        "two changes, not three"
+    );
+    let unreacted = body(&handlers.message(naming("unreact.json", CAT)).await);
+    assert_eq!(unreacted["type"], "reacted");
+    let reactions = recorder.take_for(ADA);
+    assert_eq!(reactions[0]["reactions"], json!({"👍":{"count":1}}));
     let deleted = body(&handlers.message(naming("deleteMessage.json", ADA)).await);
     assert_eq!(deleted["type"], "deleted", "{deleted}");
-    assert_eq!(deleted["seq"], ack["seq"].as_u64().unwrap() + 2);
+    // After the edit and the three changes of reactions (the reaction that changed nothing
+    // took no seq).
+    assert_eq!(deleted["seq"], updated["seq"].as_u64().unwrap() + 4);
     assert!(
         recorder
             .take()

@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use chat_core::clock::now_ms;
 use chat_core::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, Member, MessageChange, MessageId,
-    NewMessage, Page, RoomHead, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, LoggedKind, Member, MessageChange,
+    MessageId, NewMessage, Page, Reactions, RoomHead, RoomName, StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
 use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS messages (
     text           TEXT NOT NULL,   -- '' once deleted
     client_msg_id  TEXT,
     edited_at      INTEGER,
-    edits          INTEGER NOT NULL DEFAULT 0,
+    reactions      TEXT,            -- JSON: each reaction to its users; NULL without any
     deleted        INTEGER NOT NULL DEFAULT 0,
     author_connection TEXT,         -- without a user id, the connection that may change it
     PRIMARY KEY (room, id)
@@ -60,15 +60,17 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_msg_id
     ON messages (room, sender_key, client_msg_id) WHERE client_msg_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (room, seq);
--- Edits and deletes, each an event of its room with its own seq; what an edit shows is the
--- message's text now (an edit's text is not kept twice, so a delete removes it everywhere).
+-- Edits, reactions and deletes, each an event of its room with its own seq, at most one of
+-- each kind per message (its latest; a delete takes the others out). What one shows is read
+-- from the message (a text is not kept twice, so a delete removes it everywhere).
 CREATE TABLE IF NOT EXISTS changes (
     room    TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     id      TEXT NOT NULL,
-    deleted INTEGER NOT NULL,
+    kind    TEXT NOT NULL,          -- edit, reactions, delete
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS changes_by_message ON changes (room, id);
 PRAGMA user_version = 3;
 ";
 
@@ -82,10 +84,10 @@ UPDATE messages SET seq = numbered.seq
     WHERE messages.room = numbered.room AND messages.id = numbered.id;
 ";
 
-/// Version 2 had no edits or deletes.
+/// Version 2 had no edits, deletes or reactions.
 const MIGRATE_2_TO_3: &str = "
 ALTER TABLE messages ADD COLUMN edited_at INTEGER;
-ALTER TABLE messages ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN reactions TEXT;
 ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN author_connection TEXT;
 ";
@@ -100,14 +102,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     if version == 1 || version == 2 {
         tx.execute_batch(MIGRATE_2_TO_3)?;
-        tracing::info!("message store migrated to version 3: edits and deletes");
+        tracing::info!("message store migrated to version 3: edits, deletes and reactions");
     }
     tx.execute_batch(SCHEMA)?;
     tx.commit()
 }
 
 const COLUMNS: &str = "room, id, ts, sender_name, sender_user_id, text, client_msg_id, seq, \
-     edited_at, deleted, author_connection, edits";
+     edited_at, deleted, author_connection, reactions";
 
 /// What the writer thread is asked to do.
 enum WriteRequest {
@@ -364,11 +366,21 @@ fn change_in(
         return Ok(Changed::Gone);
     }
     let seq = room_head(tx, room.as_str()).map_err(store_error)?.seq + 1;
-    let event = MessageChange::of(&message, change, seq, now_ms());
+    let event = match MessageChange::of(&message, change, seq, now_ms()) {
+        Ok(Some(event)) => event,
+        Ok(None) => return Ok(Changed::Unchanged),
+        Err(_) => return Ok(Changed::TooManyReactions),
+    };
     let mut changed = message;
     changed.apply(&event);
+    let reactions = if changed.reactions.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&changed.reactions).map_err(store_error)?)
+    };
+    let kind = change.logged_kind();
     tx.prepare_cached(
-        "UPDATE messages SET text = ?3, edited_at = ?4, deleted = ?5, edits = ?6
+        "UPDATE messages SET text = ?3, edited_at = ?4, deleted = ?5, reactions = ?6
          WHERE room = ?1 AND id = ?2",
     )
     .and_then(|mut update| {
@@ -378,24 +390,26 @@ fn change_in(
             changed.text,
             changed.edited_at.map(|at| at as i64),
             changed.deleted,
-            changed.edits,
+            reactions,
         ])
     })
     .and_then(|_| {
-        if !changed.deleted {
-            return Ok(0);
-        }
-        // A deleted message's edits are no events any more: the delete says all.
-        tx.prepare_cached("DELETE FROM changes WHERE room = ?1 AND id = ?2")?
-            .execute(params![room.as_str(), id.to_string()])
+        // One event of each kind per message, its latest: a delete takes them all out.
+        tx.prepare_cached("DELETE FROM changes WHERE room = ?1 AND id = ?2 AND (kind = ?3 OR ?4)")?
+            .execute(params![
+                room.as_str(),
+                id.to_string(),
+                kind.as_str(),
+                kind == LoggedKind::Delete
+            ])
     })
     .and_then(|_| {
-        tx.prepare_cached("INSERT INTO changes (room, seq, id, deleted) VALUES (?1, ?2, ?3, ?4)")?
+        tx.prepare_cached("INSERT INTO changes (room, seq, id, kind) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![
                 room.as_str(),
                 seq as i64,
                 id.to_string(),
-                changed.deleted
+                kind.as_str()
             ])
     })
     .map_err(store_error)?;
@@ -522,7 +536,10 @@ fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         edited_at: edited_at.map(|at| u64::try_from(at).unwrap_or_default()),
         deleted: row.get(9)?,
         author_connection: author_connection.map(ConnectionId::new),
-        edits: row.get(11)?,
+        reactions: match row.get::<_, Option<String>>(11)? {
+            Some(json) => serde_json::from_str(&json).map_err(|e| bad(11, e))?,
+            None => Reactions::new(),
+        },
     })
 }
 
@@ -667,7 +684,7 @@ fn events_after(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let changes = conn
         .prepare_cached(
-            "SELECT seq, id, deleted FROM changes WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq, id, kind FROM changes WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?
         .query_map(params![room.as_str(), after, fetch], |row| {
             let id: String = row.get(1)?;
@@ -680,14 +697,23 @@ fn events_after(
                         Box::new(e),
                     )
                 })?,
-                deleted: row.get(2)?,
+                kind: LoggedKind::parse(&row.get::<_, String>(2)?).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        "an unknown kind of change".into(),
+                    )
+                })?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let (messages, changes, has_more) = merge_events(messages, changes, limit);
     // An edit shows its message's text now: from the page when it is there, else read.
     let mut now = std::collections::HashMap::new();
-    for change in changes.iter().filter(|change| !change.deleted) {
+    for change in changes
+        .iter()
+        .filter(|change| change.kind != LoggedKind::Delete)
+    {
         if let Some(message) = messages.iter().find(|m| m.id == change.id) {
             now.insert(change.id, message.clone());
         } else if !now.contains_key(&change.id)

@@ -659,3 +659,55 @@ pub async fn concurrent_takes_never_spend_more_than_the_allowance(
         "then the rate"
     );
 }
+
+pub async fn the_reaction_allowance_is_apart_from_the_send_allowance(
+    factory: &dyn ConnectionStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let ada = connect_to_lobby(&*store, "ada").await;
+    let limit = RateLimit {
+        burst: 2,
+        per_second: 10,
+    };
+    let now = 1_000_000;
+    for _ in 0..2 {
+        assert!(store.take_send_allowance(&ada, limit, now).await.unwrap());
+    }
+    assert!(!store.take_send_allowance(&ada, limit, now).await.unwrap());
+    // Messages used up; reactions are untouched, and have their own burst.
+    for i in 0..2 {
+        assert!(
+            store
+                .take_reaction_allowance(&ada, limit, now)
+                .await
+                .unwrap(),
+            "reaction {i}"
+        );
+    }
+    assert!(
+        !store
+            .take_reaction_allowance(&ada, limit, now)
+            .await
+            .unwrap()
+    );
+    // Both refill with time.
+    assert!(
+        store
+            .take_reaction_allowance(&ada, limit, now + 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_send_allowance(&ada, limit, now + 100)
+            .await
+            .unwrap()
+    );
+    // Only a stored connection has one.
+    assert!(
+        !store
+            .take_reaction_allowance(&ConnectionId::random(), limit, now)
+            .await
+            .unwrap()
+    );
+}

@@ -721,7 +721,7 @@ fn edit_to(text: &str) -> Change {
 fn done(changed: Changed) -> MessageChange {
     match changed {
         Changed::Done(event) => event,
-        Changed::Gone => panic!("expected the change to be stored"),
+        other => panic!("expected the change to be stored, not {other:?}"),
     }
 }
 
@@ -757,13 +757,8 @@ pub async fn edits_and_deletes_are_events_with_the_rooms_next_seq(
     // The messages as they are now: the latest text, the tombstone without its text.
     let edited = store.get(&r, &all[0].id).await.unwrap().expect("stored");
     assert_eq!(
-        (
-            edited.text.as_str(),
-            edited.edited_at,
-            edited.edits,
-            edited.deleted
-        ),
-        ("m0, fixed", Some(*edited_at), 1, false)
+        (edited.text.as_str(), edited.edited_at, edited.deleted),
+        ("m0, fixed", Some(*edited_at), false)
     );
     assert_eq!(
         (edited.seq, edited.ts),
@@ -883,9 +878,10 @@ pub async fn events_after_a_seq_hold_messages_and_changes_in_seq_order(
         seqs
     };
     let page = store.page(&r, Cursor::AfterSeq(3), 100).await.unwrap();
-    // seq 9 (an edit of a message deleted since) is no event any more: the delete at 10 says
-    // all, and no page is made of such holes.
-    assert_eq!(seqs(&page), [4, 5, 6, 7, 8, 10]);
+    // A message keeps one event of each kind, its latest: seq 5 (an edit that seq 7 superseded)
+    // and seq 9 (an edit of a message deleted since) are no events any more; the later ones
+    // say all, and no page is made of such holes.
+    assert_eq!(seqs(&page), [4, 6, 7, 8, 10]);
     assert!(!page.has_more);
     let edited = |seq: u64, id: MessageId, text: &str, message: &StoredMessage| MessageChange {
         room: r.clone(),
@@ -902,8 +898,7 @@ pub async fn events_after_a_seq_hold_messages_and_changes_in_seq_order(
     assert_eq!(
         page.changes,
         [
-            // Every edit shows the text as it is now.
-            edited(5, all[0].id, "second edit", &m0_now),
+            // An edit shows the text as it is now.
             edited(7, all[0].id, "second edit", &m0_now),
             edited(8, m4.id, "m4 edited", &m4_now),
             MessageChange {
@@ -916,10 +911,10 @@ pub async fn events_after_a_seq_hold_messages_and_changes_in_seq_order(
     );
     // The limit counts both; a page ends where its limit does.
     let first = store.page(&r, Cursor::AfterSeq(3), 3).await.unwrap();
-    assert_eq!(seqs(&first), [4, 5, 6]);
+    assert_eq!(seqs(&first), [4, 6, 7]);
     assert!(first.has_more);
-    let rest = store.page(&r, Cursor::AfterSeq(6), 3).await.unwrap();
-    assert_eq!(seqs(&rest), [7, 8, 10]);
+    let rest = store.page(&r, Cursor::AfterSeq(7), 2).await.unwrap();
+    assert_eq!(seqs(&rest), [8, 10]);
     assert!(!rest.has_more, "seq 9 is not an event any more");
     let after_the_hole = store.page(&r, Cursor::AfterSeq(8), 1).await.unwrap();
     assert_eq!(
@@ -932,7 +927,147 @@ pub async fn events_after_a_seq_hold_messages_and_changes_in_seq_order(
     let everything = store.page(&r, Cursor::AfterSeq(0), 100).await.unwrap();
     assert_eq!(everything.messages.len(), 5);
     assert!(everything.messages[2].deleted);
-    assert_eq!(seqs(&everything), [1, 2, 3, 4, 5, 6, 7, 8, 10]);
+    assert_eq!(seqs(&everything), [1, 2, 3, 4, 6, 7, 8, 10]);
+}
+
+fn react(emoji: &str, by: &str, add: bool) -> Change {
+    Change::React {
+        emoji: crate::domain::Emoji::parse(emoji).expect("a valid emoji"),
+        by: by.to_owned(),
+        add,
+    }
+}
+
+fn summary(message: &StoredMessage) -> Vec<(String, usize)> {
+    message
+        .reactions
+        .iter()
+        .map(|(emoji, users)| (emoji.clone(), users.len()))
+        .collect()
+}
+
+pub async fn a_reaction_counts_once_per_user_and_kind_and_is_an_event(
+    factory: &dyn MessageStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 2).await;
+    let id = all[0].id;
+    let first = done(
+        store
+            .change(&r, &id, react("👍", "u:ada", true))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.seq, 3);
+    let ChangeKind::Reactions { reactions } = &first.kind else {
+        panic!("reactions: {first:?}")
+    };
+    assert_eq!(reactions.get("👍").map(|users| users.len()), Some(1));
+    // Twice by the same user: nothing changes, no event.
+    assert_eq!(
+        store
+            .change(&r, &id, react("👍", "u:ada", true))
+            .await
+            .unwrap(),
+        Changed::Unchanged
+    );
+    assert_eq!(
+        store
+            .change(&r, &id, react("🎉", "u:ada", false))
+            .await
+            .unwrap(),
+        Changed::Unchanged,
+        "unreact of a reaction never made"
+    );
+    done(
+        store
+            .change(&r, &id, react("👍", "u:bob", true))
+            .await
+            .unwrap(),
+    );
+    let last = done(
+        store
+            .change(&r, &id, react("🎉", "c:guest", true))
+            .await
+            .unwrap(),
+    );
+    let now = store.get(&r, &id).await.unwrap().unwrap();
+    assert_eq!(summary(&now), [("🎉".into(), 1), ("👍".into(), 2)]);
+    assert_eq!(now.text, all[0].text, "the text stays");
+    // The events: one for the message's reactions, the latest, showing them as they are now.
+    let page = store.page(&r, Cursor::AfterSeq(2), 100).await.unwrap();
+    assert!(page.messages.is_empty());
+    assert_eq!(
+        page.changes,
+        [MessageChange {
+            room: r.clone(),
+            id,
+            seq: last.seq,
+            kind: ChangeKind::Reactions {
+                reactions: now.reactions.clone()
+            },
+        }]
+    );
+    // History shows a message with its reactions.
+    let history = store.page(&r, Cursor::Latest, 10).await.unwrap();
+    assert_eq!(history.messages[0].reactions, now.reactions);
+    // Unreact takes one away; the last one takes the kind away.
+    done(
+        store
+            .change(&r, &id, react("🎉", "c:guest", false))
+            .await
+            .unwrap(),
+    );
+    let now = store.get(&r, &id).await.unwrap().unwrap();
+    assert_eq!(summary(&now), [("👍".into(), 2)]);
+    // A delete takes the reactions with it, and their event out of the sequence.
+    let delete = done(store.change(&r, &id, Change::Delete).await.unwrap());
+    let tombstone = store.get(&r, &id).await.unwrap().unwrap();
+    assert!(tombstone.deleted && tombstone.reactions.is_empty());
+    let page = store.page(&r, Cursor::AfterSeq(2), 100).await.unwrap();
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    assert_eq!(page.changes[0].seq, delete.seq);
+    assert_eq!(
+        store
+            .change(&r, &id, react("👍", "u:cat", true))
+            .await
+            .unwrap(),
+        Changed::Gone
+    );
+}
+
+pub async fn a_message_holds_at_most_twenty_kinds_of_reaction(factory: &dyn MessageStoreFactory) {
+    let store = factory.fresh().await;
+    let r = room("r");
+    let all = fill(&*store, "r", 1).await;
+    let id = all[0].id;
+    for kind in 0..crate::domain::MAX_REACTION_KINDS {
+        done(
+            store
+                .change(&r, &id, react(&format!("k{kind}"), "u:ada", true))
+                .await
+                .unwrap(),
+        );
+    }
+    let seq = store.latest_seq(&r).await.unwrap();
+    assert_eq!(
+        store
+            .change(&r, &id, react("one-more", "u:ada", true))
+            .await
+            .unwrap(),
+        Changed::TooManyReactions
+    );
+    // A kind it has already is always fine.
+    done(
+        store
+            .change(&r, &id, react("k0", "u:bob", true))
+            .await
+            .unwrap(),
+    );
+    let now = store.get(&r, &id).await.unwrap().unwrap();
+    assert_eq!(now.reactions.len(), crate::domain::MAX_REACTION_KINDS);
+    assert!(store.latest_seq(&r).await.unwrap() > seq);
 }
 
 pub async fn only_the_sender_may_change_a_message(factory: &dyn MessageStoreFactory) {

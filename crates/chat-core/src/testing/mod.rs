@@ -111,6 +111,8 @@ macro_rules! message_store_conformance {
                 a_change_to_a_missing_or_deleted_message_is_gone_and_adds_no_event,
                 events_after_a_seq_hold_messages_and_changes_in_seq_order,
                 only_the_sender_may_change_a_message,
+                a_reaction_counts_once_per_user_and_kind_and_is_an_event,
+                a_message_holds_at_most_twenty_kinds_of_reaction,
             ]
         );
     };
@@ -137,6 +139,7 @@ macro_rules! connection_store_conformance {
                 the_same_person_on_two_connections_is_listed_once,
                 removing_a_connection_returns_its_record_and_takes_it_out_of_every_room,
                 the_send_allowance_is_a_burst_then_refusals,
+                the_reaction_allowance_is_apart_from_the_send_allowance,
                 the_send_allowance_refills_with_time_up_to_the_burst,
                 only_a_stored_connection_has_a_send_allowance_and_each_has_its_own,
                 concurrent_joins_never_exceed_max_rooms,

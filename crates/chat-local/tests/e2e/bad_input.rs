@@ -91,6 +91,18 @@ fn catalogue() -> Vec<(String, &'static str, bool)> {
         (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"a b","id":"{uuid}"}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"deleteMessage","room":"elsewhere","id":"{uuid}"}}"#), "not_member", true),
+        // react and unreact.
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}","emoji":""}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}","emoji":"{}"}}"#, long(17)), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}","emoji":"a\n"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}","emoji":1}}"#), "bad_request", true),
+        (r#"{"requestId":"q","action":"react","room":"lobby","emoji":"x"}"#.into(), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"lobby","id":"{uuid}","emoji":"x"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"react","room":"elsewhere","id":"{uuid}","emoji":"x"}}"#), "not_member", true),
+        (format!(r#"{{"requestId":"q","action":"unreact","id":"{uuid}","emoji":"x"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"unreact","room":"lobby","id":"{uuid}","emoji":["x"]}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"unreact","room":"elsewhere","id":"{uuid}","emoji":"x"}}"#), "not_member", true),
     ];
     // Deep nesting is refused by the JSON reader's depth limit, not by the stack.
     cases.push((
@@ -271,6 +283,7 @@ async fn mutated_frames_never_break_the_server() {
         json!({"action":"typing","room":"lobby"}),
         json!({"action":"editMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","text":"x"}),
         json!({"action":"deleteMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000"}),
+        json!({"action":"react","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","emoji":"👍"}),
     ];
     let alphabet: &[u8] = b"{}[]\":,\\ 0123456789.-eE+nulltruefalseabc\xc3\xa9\x00\x1f";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;

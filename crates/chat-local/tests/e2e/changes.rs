@@ -277,3 +277,124 @@ async fn a_reader_that_rejoins_with_since_seq_gets_every_missed_message_edit_and
     }
     assert_eq!(&paged, events);
 }
+
+#[tokio::test]
+async fn reactions_count_once_per_user_reach_the_room_and_show_in_history_and_recovery() {
+    let server = TestServer::start().await;
+    let (mut ada, mut bob) = ada_and_bob(&server, "reacts").await;
+    let sent = ada.say("reacts", "lunch?").await;
+    bob.recv_type("message").await;
+    let id = sent["id"].as_str().unwrap();
+    let react = |emoji: &str| json!({"action":"react","room":"reacts","id":id,"emoji":emoji});
+
+    let reacted = bob.request(react("👍")).await;
+    assert_eq!(
+        reacted,
+        json!({"type":"reacted","requestId":reacted["requestId"],"room":"reacts","id":id})
+    );
+    let live = ada.recv_type("reactions").await;
+    assert_eq!(
+        live,
+        json!({"type":"reactions","room":"reacts","id":id,"reactions":{"👍":{"count":1}},
+               "seq":sent["seq"].as_u64().unwrap() + 1})
+    );
+    // Twice by the same user counts once, and tells nobody.
+    assert_eq!(bob.request(react("👍")).await["type"], "reacted");
+    ada.expect_silence().await;
+    // Another user, and another kind; the sender may react to its own message.
+    assert_eq!(ada.request(react("👍")).await["type"], "reacted");
+    assert_eq!(
+        bob.recv_type("reactions").await["reactions"],
+        json!({"👍":{"count":2}})
+    );
+    assert_eq!(ada.request(react("🍕")).await["type"], "reacted");
+    let both = bob.recv_type("reactions").await;
+    assert_eq!(
+        both["reactions"],
+        json!({"👍":{"count":2},"🍕":{"count":1}})
+    );
+    // unreact takes one's own away; the last of a kind takes the kind away.
+    let unreact = json!({"action":"unreact","room":"reacts","id":id,"emoji":"🍕"});
+    assert_eq!(ada.request(unreact.clone()).await["type"], "reacted");
+    let after = bob.recv_type("reactions").await;
+    assert_eq!(after["reactions"], json!({"👍":{"count":2}}));
+    assert_eq!(
+        ada.request(unreact).await["type"],
+        "reacted",
+        "nothing to take away: fine"
+    );
+
+    // History carries them; a message without any has none.
+    let other = ada.say("reacts", "no reactions here").await;
+    let history = bob
+        .request(json!({"action":"history","room":"reacts"}))
+        .await;
+    assert_eq!(
+        history["messages"][0]["reactions"],
+        json!({"👍":{"count":2}})
+    );
+    assert_eq!(history["messages"][1]["id"], other["id"]);
+    assert!(history["messages"][1].get("reactions").is_none());
+    // Recovery from before the first reaction: the message's latest summary, once.
+    let joined = bob
+        .request(json!({"action":"history","room":"reacts","afterSeq":sent["seq"]}))
+        .await;
+    let reaction_events: Vec<&Value> = joined["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "reactions")
+        .collect();
+    assert_eq!(reaction_events.len(), 1, "{joined}");
+    assert_eq!(reaction_events[0]["reactions"], json!({"👍":{"count":2}}));
+    assert_eq!(reaction_events[0]["seq"], after["seq"]);
+}
+
+#[tokio::test]
+async fn bad_reactions_are_refused_and_a_message_holds_twenty_kinds() {
+    let server = TestServer::start().await;
+    let (mut ada, mut bob) = ada_and_bob(&server, "kinds").await;
+    let sent = ada.say("kinds", "react to me").await;
+    bob.recv_type("message").await;
+    let id = sent["id"].as_str().unwrap();
+    let react = |emoji: &str| json!({"action":"react","room":"kinds","id":id,"emoji":emoji});
+    for emoji in ["", "seventeen chars!!", "a\u{7}"] {
+        let refused = bob.request(react(emoji)).await;
+        assert_eq!(refused["code"], "bad_request", "{emoji:?}: {refused}");
+    }
+    assert_eq!(
+        bob.request(react(&"é".repeat(16))).await["type"],
+        "reacted",
+        "16 characters"
+    );
+    for kind in 1..20 {
+        assert_eq!(
+            bob.request(react(&format!("k{kind}"))).await["type"],
+            "reacted"
+        );
+    }
+    let refused = bob.request(react("one-more")).await;
+    assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+    assert_eq!(
+        ada.request(react("k1")).await["type"],
+        "reacted",
+        "a kind it has is fine"
+    );
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    let refused = bob
+        .request(json!({"action":"react","room":"kinds","id":unknown,"emoji":"x"}))
+        .await;
+    assert_eq!(refused["code"], "bad_request");
+    // A deleted message takes no reaction, and its tombstone shows none.
+    ada.request(json!({"action":"deleteMessage","room":"kinds","id":id}))
+        .await;
+    let refused = bob.request(react("k1")).await;
+    assert_eq!(refused["code"], "bad_request");
+    let history = bob
+        .request(json!({"action":"history","room":"kinds"}))
+        .await;
+    assert!(
+        history["messages"][0].get("reactions").is_none(),
+        "{history}"
+    );
+}
