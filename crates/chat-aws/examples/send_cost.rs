@@ -108,7 +108,7 @@ async fn main() {
                 .map(|(id, _)| id.to_owned());
         }
     }
-    // Version 2: an edit and a delete of the first message.
+    // Version 2: an edit, a reaction (twice) and a delete of the first message.
     let id = first_id.expect("the first message's id");
     for (label, frame, answer) in [
         (
@@ -117,7 +117,17 @@ async fn main() {
             "updated",
         ),
         (
-            "deleteMessage (of a message edited once)",
+            "react",
+            format!(r#"{{"action":"react","room":"team","id":"{id}","emoji":"+1"}}"#),
+            "reacted",
+        ),
+        (
+            "the same react again (changes nothing)",
+            format!(r#"{{"action":"react","room":"team","id":"{id}","emoji":"+1"}}"#),
+            "reacted",
+        ),
+        (
+            "deleteMessage (of a message edited once, with a reaction)",
             format!(r#"{{"action":"deleteMessage","room":"team","id":"{id}"}}"#),
             "deleted",
         ),
