@@ -31,6 +31,9 @@
   const GROUP_WITHIN = 5 * 60 * 1000;
   const STORE_KEY = 'chat.settings.v1';
 
+  /** The reactions offered on every message. */
+  const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉'];
+
   const ERROR_WORDS = {
     rate_limited: 'You are sending messages too fast. Wait a moment, then try again.',
     payload_too_large: 'That message is too long: 4000 characters at most.',
@@ -209,6 +212,7 @@
       pending: new Map(), // clientMsgId -> pending send, in creation order
       awaitingAck: new Map(), // room -> clientMsgId of its message sent and not yet acknowledged
       requests: new Map(), // requestId -> what it asked (for relating replies and errors)
+      myReactions: new Map(), // message id -> the emojis this user reacted with (as far as this page knows)
       seq: 0,
       // connection
       socket: null,
@@ -483,6 +487,8 @@
       case 'typing': return onTyping(f);
       case 'left': return onLeft(f);
       case 'pong': return onPong(f);
+      case 'updated': case 'deleted': case 'reacted': return takeRequest(f);
+      case 'reactions': return onChange(f);
       case 'error': return onError(f);
       default: return undefined; // newer server, unknown frame: ignore
     }
@@ -582,7 +588,7 @@
       if (e.type === 'message') {
         if (e.deleted === true) applyChange(room, { type: 'messageDeleted', id: e.id });
         else if (addMessage(room, e)) fresh += !isMine(e.sender) ? 1 : 0;
-      } else if (e.type === 'messageUpdated' || e.type === 'messageDeleted') {
+      } else if (e.type === 'messageUpdated' || e.type === 'messageDeleted' || e.type === 'reactions') {
         applyChange(room, e);
       }
       noteSeq(room, e.seq);
@@ -608,9 +614,15 @@
     if (f.type === 'messageDeleted') {
       msg.deleted = true;
       msg.text = '';
-      node.classList.add('deleted');
-      if (text) text.replaceChildren(el('em', { 'data-testid': 'message-deleted', text: 'message deleted' }));
+      msg.reactions = {};
+      showDeleted(msg, node);
+    } else if (f.type === 'reactions') {
+      if (!msg.deleted && f.reactions && typeof f.reactions === 'object') {
+        msg.reactions = f.reactions;
+        renderReactions(msg, node);
+      }
     } else if (!msg.deleted && typeof f.text === 'string') {
+      msg.edited = true;
       msg.text = f.text;
       if (text) text.replaceChildren(renderText(f.text));
       const meta = node.querySelector('.meta');
@@ -794,6 +806,14 @@
     const detail = typeof serverMessage === 'string' && serverMessage.trim() ? ` (${serverMessage.trim()})` : '';
     if (!req) return code === 'bad_request' || code === 'unknown_action' ? base + detail : base;
     switch (req.action) {
+      case 'editMessage':
+      case 'deleteMessage':
+        if (code === 'forbidden') return 'Only its sender can change a message (as a guest: from the connection that sent it).';
+        return `Could not ${req.action === 'editMessage' ? 'edit' : 'delete'} the message: ${base}${detail}`;
+      case 'react':
+      case 'unreact':
+        if (code === 'limit_exceeded') return 'That message has all the kinds of reaction it can hold (20).';
+        return `Reaction not saved: ${base}`;
       case 'sendMessage':
         if (code === 'rate_limited') return 'Message not sent: you are sending messages too fast. Wait a moment, then retry.';
         if (code === 'payload_too_large') return `Message not sent: it is too long (${codePoints(req.text || '')} characters; 4000 at most).`;
@@ -978,7 +998,7 @@
   // Messages
 
   function validMessage(m) {
-    return m && typeof m.id === 'string' && typeof m.text === 'string';
+    return m && typeof m.id === 'string' && (typeof m.text === 'string' || m.deleted === true);
   }
 
   /** Inserts one message in id order; returns false for a duplicate (dedupe by id). */
@@ -986,10 +1006,14 @@
     if (!validMessage(m) || room.msgs.has(m.id)) return false;
     const msg = {
       id: m.id,
+      room: room.name,
       ts: typeof m.ts === 'number' ? m.ts : Date.now(),
-      sender: m.sender && typeof m.sender === 'object' ? m.sender : { name: '?' },
-      text: m.text,
+      sender: m.sender && typeof m.sender === 'object' ? m.sender : { name: '' },
+      text: typeof m.text === 'string' ? m.text : '',
       clientMsgId: m.clientMsgId,
+      edited: typeof m.editedAt === 'number',
+      deleted: m.deleted === true,
+      reactions: m.reactions && typeof m.reactions === 'object' ? m.reactions : {},
     };
     room.msgs.set(msg.id, msg);
     const i = lowerBound(room.ids, msg.id);
@@ -1079,6 +1103,19 @@
     });
     const avatar = el('span', { class: 'avatar', 'aria-hidden': 'true', text: initial(name) });
     avatar.style.setProperty('--hue', String(hue(name)));
+    const tools = el('div', { class: 'tools', 'data-testid': 'message-tools' },
+      ...QUICK_REACTIONS.map((emoji) => {
+        const b = el('button', { type: 'button', class: 'tool react', 'data-testid': 'react-button', title: `React with ${emoji}`, dataset: { emoji }, text: emoji });
+        b.addEventListener('click', () => toggleReaction(msg, emoji));
+        return b;
+      }));
+    if (mine) {
+      const edit = el('button', { type: 'button', class: 'tool', 'data-testid': 'edit-message', text: 'Edit' });
+      edit.addEventListener('click', () => startEdit(msg));
+      const del = el('button', { type: 'button', class: 'tool', 'data-testid': 'delete-message', text: 'Delete' });
+      del.addEventListener('click', () => send('deleteMessage', { room: msg.room, id: msg.id }));
+      tools.append(edit, del);
+    }
     const node = el('div', {
       class: mine ? 'msg own' : 'msg', 'data-testid': 'message',
       dataset: { id: msg.id, sender: name, senderKey: memberKey(msg.sender), ts: String(msg.ts) },
@@ -1087,9 +1124,72 @@
     el('div', { class: 'bubble' },
       el('div', { class: 'meta' },
         el('span', { class: 'sender', 'data-testid': 'message-sender', text: name }),
-        time),
-      el('div', { class: 'text', 'data-testid': 'message-text' }, renderText(msg.text))));
+        time,
+        msg.edited ? el('span', { class: 'edited', 'data-testid': 'message-edited', text: '(edited)' }) : null),
+      el('div', { class: 'text', 'data-testid': 'message-text' }, renderText(msg.text)),
+      el('div', { class: 'reactions', 'data-testid': 'reactions' }),
+      tools));
+    renderReactions(msg, node);
+    if (msg.deleted) showDeleted(msg, node);
     return node;
+  }
+
+  /** The reactions under a message: one chip per kind with its count; a click toggles one's own. */
+  function renderReactions(msg, node) {
+    const box = node.querySelector('.reactions');
+    if (!box) return;
+    const mine = state.myReactions.get(msg.id) || new Set();
+    box.replaceChildren(...Object.entries(msg.reactions || {})
+      .filter(([, r]) => r && Number.isInteger(r.count) && r.count > 0)
+      .map(([emoji, r]) => {
+        const chip = el('button', {
+          type: 'button', class: mine.has(emoji) ? 'reaction mine' : 'reaction', 'data-testid': 'reaction',
+          dataset: { emoji, count: String(r.count) }, title: `${r.count} × ${emoji}`,
+        }, el('span', { class: 'emoji', text: emoji }), el('span', { class: 'count', text: String(r.count) }));
+        chip.addEventListener('click', () => toggleReaction(msg, emoji));
+        return chip;
+      }));
+  }
+
+  function toggleReaction(msg, emoji) {
+    if (msg.deleted) return;
+    let mine = state.myReactions.get(msg.id);
+    if (!mine) state.myReactions.set(msg.id, (mine = new Set()));
+    const had = mine.has(emoji);
+    if (send(had ? 'unreact' : 'react', { room: msg.room, id: msg.id, emoji }) === null) return;
+    if (had) mine.delete(emoji); else mine.add(emoji);
+  }
+
+  /** Edits a message in place: Enter sends the new text, Escape gives up. */
+  function startEdit(msg) {
+    const room = state.rooms.get(msg.room);
+    const node = room && room.els.get(msg.id);
+    const text = node && node.querySelector('.text');
+    if (!text || msg.deleted || node.querySelector('.edit-input')) return;
+    const input = el('input', { class: 'edit-input', 'data-testid': 'edit-input', type: 'text', maxlength: '4000', 'aria-label': 'New text' });
+    input.value = msg.text;
+    const restore = () => text.replaceChildren(renderText(msg.text));
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') { e.preventDefault(); restore(); }
+      if (e.key === 'Enter' && !e.isComposing) {
+        e.preventDefault();
+        const value = input.value;
+        if (value.trim() && value !== msg.text) send('editMessage', { room: msg.room, id: msg.id, text: value });
+        restore();
+      }
+    });
+    text.replaceChildren(input);
+    input.focus();
+  }
+
+  function showDeleted(msg, node) {
+    node.classList.add('deleted');
+    const text = node.querySelector('.text');
+    if (text) text.replaceChildren(el('em', { 'data-testid': 'message-deleted', text: 'message deleted' }));
+    const reactions = node.querySelector('.reactions');
+    if (reactions) reactions.replaceChildren();
+    const tools = node.querySelector('.tools');
+    if (tools) tools.remove();
   }
 
   /** Consecutive messages from one sender within a few minutes share one header. */

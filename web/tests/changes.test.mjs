@@ -1,7 +1,7 @@
-// Browser tests: edits and deletes of messages (version 2), shown live.
+// Browser tests: edits, deletes and reactions (version 2), live, from the page, and from history.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launchBrowser, T, timelineSel, waitForText, withChatOn } from './helpers.mjs';
+import { launchBrowser, T, timelineSel, waitForText, withChatOn, sendViaUi } from './helpers.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
@@ -49,3 +49,66 @@ test('an edit and a delete of a message show live', { timeout: 180_000 }, async 
 
   });
 });
+
+test('editing, deleting and reacting from the page', { timeout: 180_000 }, async () => {
+  await withChatOn(browser, async (s) => {
+    const alice = await s.openChat('alice');
+    const bob = await s.openChat('bob');
+    await sendViaUi(alice, 'see you at noon');
+    await sendViaUi(alice, 'a message to regret');
+    await waitForText(bob, 'lobby', 'a message to regret');
+
+    // Bob has no edit or delete on Alice's messages; Alice has them on hers.
+    const onBob = messageIn(bob, 'lobby', 'see you at noon');
+    await onBob.hover();
+    assert.equal(await onBob.locator('[data-testid=edit-message]').count(), 0);
+    // (By id: while it is edited, its text is in an input, which `hasText` does not see.)
+    const id = await messageIn(alice, 'lobby', 'see you at noon').getAttribute('data-id');
+    const mine = alice.locator(`${timelineSel('lobby')} [data-testid=message][data-id="${id}"]`);
+    await mine.hover();
+    await mine.locator('[data-testid=edit-message]').click();
+    const input = mine.locator('[data-testid=edit-input]');
+    await input.fill('see you at one');
+    await input.press('Enter');
+    for (const page of [alice, bob]) {
+      await waitForText(page, 'lobby', 'see you at one');
+      await messageIn(page, 'lobby', 'see you at one').locator('[data-testid=message-edited]').waitFor({ timeout: T });
+    }
+
+    // Bob reacts from the message's tools; both see the count; a click on the chip takes it back.
+    const target = messageIn(bob, 'lobby', 'see you at one');
+    await target.hover();
+    await target.locator('[data-testid=react-button][data-emoji="👍"]').click();
+    const chipOnAlice = messageIn(alice, 'lobby', 'see you at one').locator('[data-testid=reaction][data-emoji="👍"]');
+    await chipOnAlice.waitFor({ timeout: T });
+    assert.equal(await chipOnAlice.getAttribute('data-count'), '1');
+    await sendReactionFrom(alice, chipOnAlice);
+    await chipOnAlice.and(alice.locator('[data-count="2"]')).waitFor({ timeout: T });
+    const chipOnBob = target.locator('[data-testid=reaction][data-emoji="👍"]');
+    await chipOnBob.and(bob.locator('[data-count="2"]')).waitFor({ timeout: T });
+    await chipOnBob.click();
+    await chipOnAlice.and(alice.locator('[data-count="1"]')).waitFor({ timeout: T });
+
+    // Alice deletes her other message: gone for both, with a notice in its place.
+    const regret = messageIn(alice, 'lobby', 'a message to regret');
+    await regret.hover();
+    await regret.locator('[data-testid=delete-message]').click();
+    for (const page of [alice, bob]) {
+      await page.locator(`${timelineSel('lobby')} [data-testid=message-deleted]`).waitFor({ timeout: T });
+      assert.equal(await messageIn(page, 'lobby', 'a message to regret').count(), 0);
+    }
+
+    // A page opened now shows the edit, the reaction and the tombstone from history.
+    const carol = await s.openChat('carol');
+    await waitForText(carol, 'lobby', 'see you at one');
+    await messageIn(carol, 'lobby', 'see you at one').locator('[data-testid=message-edited]').waitFor({ timeout: T });
+    const chipOnCarol = messageIn(carol, 'lobby', 'see you at one').locator('[data-testid=reaction][data-emoji="👍"]');
+    assert.equal(await chipOnCarol.getAttribute('data-count'), '1');
+    await carol.locator(`${timelineSel('lobby')} [data-testid=message-deleted]`).waitFor({ timeout: T });
+  });
+});
+
+/** Clicks a reaction chip (it is always shown, no hover needed). */
+async function sendReactionFrom(page, chip) {
+  await chip.click();
+}
