@@ -423,6 +423,22 @@ impl ConnectionStore for DynamoConnections {
         Ok(ids)
     }
 
+    async fn user_connections(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+    ) -> StoreResult<Vec<ConnectionId>> {
+        let mut ids = Vec::new();
+        self.each_member(room, |item| {
+            if item.member.user_id.as_deref() == Some(user_id) {
+                ids.push(ConnectionId::new(item.connection_id));
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(ids)
+    }
+
     async fn room_members(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Member>> {
         let mut members = Vec::new();
         if limit == 0 {

@@ -151,6 +151,11 @@ pub mod keys {
     pub fn is_change(sort_key: &str) -> bool {
         sort_key.starts_with(CHANGE_PREFIX)
     }
+
+    /// A reader's mark: the message it read up to.
+    pub fn read(reader: &str) -> String {
+        format!("~read#{reader}")
+    }
 }
 
 /// The key of an item in a room partition.

@@ -32,7 +32,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
     Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange,
-    MessageId, NewMessage, Page, Reactions, RoomHead, RoomName, StoredMessage,
+    MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName, StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
 use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
@@ -49,6 +49,8 @@ const APPEND_DEADLINE: Duration = Duration::from_secs(15);
 /// its next `seq` (a container that died, or is stuck): the waiter skips that `seq`. A live
 /// writer commits within milliseconds of its turn.
 pub const STALLED_AFTER: Duration = Duration::from_secs(3);
+/// How long a guest's read mark is kept (its connection's lifetime on API Gateway is 2 hours).
+const GUEST_MARK_LIFETIME_SECS: u64 = 3 * 3600;
 
 /// A message item: the sort key is its id; `seq` puts it in the local index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +80,23 @@ struct MessageItem {
     edit_seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reactions_seq: Option<u64>,
+    /// Its place among the room's messages (1, 2, 3...): unread counts are differences of these.
+    #[serde(default, rename = "n")]
+    number: u64,
+}
+
+/// A reader's mark in a room: the message it read up to, and that message's number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadItem {
+    room: String,
+    sk: String,
+    last_read: String,
+    #[serde(rename = "n")]
+    number: u64,
+    /// A guest's mark goes with its connection (the table's TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
 }
 
 /// An edit or a delete of `message_id`, the room's event `seq`.
@@ -115,6 +134,8 @@ impl MessageItem {
             // Written only by changes.
             edit_seq: None,
             reactions_seq: None,
+            // Written by the append, which counts.
+            number: 0,
         }
     }
 
@@ -159,10 +180,14 @@ struct HeadItem {
     head_seq: u64,
     #[serde(default)]
     last_id: Option<String>,
+    /// How many messages the room has: unread counts are differences of these.
+    #[serde(default)]
+    message_count: u64,
 }
 
 const HEAD_SEQ: &str = "headSeq";
 const LAST_ID: &str = "lastId";
+const MESSAGE_COUNT: &str = "messageCount";
 const NEXT_TICKET: &str = "nextTicket";
 
 /// Messages in DynamoDB.
@@ -229,18 +254,21 @@ impl DynamoMessages {
         room: &RoomName,
         from: u64,
         to: u64,
-        last_id: Option<MessageId>,
+        message: Option<(MessageId, u64)>,
     ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
         let update = aws_sdk_dynamodb::types::Update::builder()
             .table_name(&self.db.tables.messages)
             .set_key(Some(room_key(room.as_str(), keys::HEAD)))
             .expression_attribute_names("#headSeq", HEAD_SEQ)
             .expression_attribute_values(":to", n(to));
-        let update = match last_id {
-            Some(id) => update
-                .update_expression("SET #headSeq = :to, #lastId = :id")
+        // A new message: the latest id, and the room's count of messages with it.
+        let update = match message {
+            Some((id, count)) => update
+                .update_expression("SET #headSeq = :to, #lastId = :id, #count = :count")
                 .expression_attribute_names("#lastId", LAST_ID)
-                .expression_attribute_values(":id", s(id.to_string())),
+                .expression_attribute_names("#count", MESSAGE_COUNT)
+                .expression_attribute_values(":id", s(id.to_string()))
+                .expression_attribute_values(":count", n(count)),
             None => update.update_expression("SET #headSeq = :to"),
         };
         // The head must still be at the seq before: this writer's turn.
@@ -288,15 +316,21 @@ impl DynamoMessages {
         let stored = StoredMessage::stamp(message.clone(), head, (self.clock)());
         debug_assert_eq!(stored.seq, ticket);
         let table = &self.db.tables.messages;
+        let number = head.messages + 1;
+        let mut item = MessageItem::of(&stored);
+        item.number = number;
         let put_message = Put::builder()
             .table_name(table)
-            .set_item(Some(
-                serde_dynamo::to_item(MessageItem::of(&stored)).map_err(serde_error)?,
-            ))
+            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
             .build()
             .map_err(StoreError::new)?;
         let move_head = self
-            .move_head(&stored.room, head.seq, stored.seq, Some(stored.id))
+            .move_head(
+                &stored.room,
+                head.seq,
+                stored.seq,
+                Some((stored.id, number)),
+            )
             .build()
             .map_err(StoreError::new)?;
         let mut items = vec![
@@ -643,6 +677,7 @@ fn head_of(item: Option<Item>) -> StoreResult<RoomHead> {
             .last_id
             .map(|id| MessageId::parse(&id).map_err(|e| StoreError::new(e.0)))
             .transpose()?,
+        messages: head.message_count,
     })
 }
 
@@ -738,6 +773,70 @@ impl MessageStore for DynamoMessages {
         item.into_message().map(Some)
     }
 
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        reader: &str,
+        id: &MessageId,
+    ) -> StoreResult<Option<MessageId>> {
+        let Some(item) = self.get(room_key(room.as_str(), id.to_string())).await? else {
+            return Ok(None);
+        };
+        let message: MessageItem = serde_dynamo::from_item(item).map_err(serde_error)?;
+        let mark = ReadItem {
+            room: room.as_str().to_owned(),
+            sk: keys::read(reader),
+            last_read: id.to_string(),
+            number: message.number,
+            // A guest's connection lives at most 2 hours on API Gateway.
+            ttl: reader
+                .starts_with("c:")
+                .then(|| crate::db::now_secs() + GUEST_MARK_LIFETIME_SECS),
+        };
+        // Forwards only: a mark of an earlier message than the one stored changes nothing.
+        let put = self
+            .db
+            .client
+            .put_item()
+            .table_name(&self.db.tables.messages)
+            .set_item(Some(serde_dynamo::to_item(mark).map_err(serde_error)?))
+            .condition_expression("attribute_not_exists(#n) OR #n < :n")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_values(":n", n(message.number))
+            .set_return_consumed_capacity(self.db.capacity())
+            .send()
+            .await;
+        match put {
+            Ok(out) => {
+                self.db
+                    .record("PutItem", Units::Write, out.consumed_capacity());
+                Ok(Some(*id))
+            }
+            Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
+                if e.err().is_conditional_check_failed_exception() =>
+            {
+                self.db.record("PutItem", Units::Write, None);
+                Ok(self
+                    .read_mark(room, reader)
+                    .await?
+                    .map(|(id, _)| id)
+                    .or(Some(*id)))
+            }
+            Err(e) => Err(sdk_error("PutItem", e)),
+        }
+    }
+
+    async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
+        let mark = self.read_mark(room, reader).await?;
+        let head = self.head(room).await?;
+        Ok(ReadState {
+            unread: head
+                .messages
+                .saturating_sub(mark.map_or(0, |(_, number)| number)),
+            last_read: mark.map(|(id, _)| id),
+        })
+    }
+
     async fn change(
         &self,
         room: &RoomName,
@@ -783,6 +882,23 @@ impl MessageStore for DynamoMessages {
 }
 
 impl DynamoMessages {
+    /// The reader's mark in the room: the message, and its number.
+    async fn read_mark(
+        &self,
+        room: &RoomName,
+        reader: &str,
+    ) -> StoreResult<Option<(MessageId, u64)>> {
+        let Some(item) = self
+            .get(room_key(room.as_str(), keys::read(reader)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mark: ReadItem = serde_dynamo::from_item(item).map_err(serde_error)?;
+        let id = MessageId::parse(&mark.last_read).map_err(|e| StoreError::new(e.0))?;
+        Ok(Some((id, mark.number)))
+    }
+
     /// Takes the room's next turn for `write` and commits it.
     async fn write(&self, room: &RoomName, write: Write<'_>) -> StoreResult<Outcome> {
         let turn = self

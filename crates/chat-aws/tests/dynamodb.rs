@@ -88,6 +88,21 @@ mod three_containers {
         ) -> StoreResult<Option<StoredMessage>> {
             self.pick().get(room, id).await
         }
+        async fn mark_read(
+            &self,
+            room: &RoomName,
+            reader: &str,
+            id: &chat_core::domain::MessageId,
+        ) -> StoreResult<Option<chat_core::domain::MessageId>> {
+            self.pick().mark_read(room, reader, id).await
+        }
+        async fn read_state(
+            &self,
+            room: &RoomName,
+            reader: &str,
+        ) -> StoreResult<chat_core::domain::ReadState> {
+            self.pick().read_state(room, reader).await
+        }
         async fn change(
             &self,
             room: &RoomName,

@@ -654,6 +654,9 @@ pub struct RoomHead {
     pub seq: u64,
     /// The latest message's id.
     pub last_id: Option<MessageId>,
+    /// How many messages the room has, where a store keeps the count (DynamoDB's, for unread
+    /// counts without reading the messages); 0 in the others.
+    pub messages: u64,
 }
 
 impl StoredMessage {
@@ -743,6 +746,18 @@ pub enum Cursor {
     /// (Version 2) The oldest events after this sequence number.
     AfterSeq(u64),
 }
+
+/// Where a reader stands in a room (version 2's read state).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadState {
+    /// The message it read up to; `None` before its first `markRead`.
+    pub last_read: Option<MessageId>,
+    /// The messages after it (all of the room's without a mark); shown up to [`MAX_UNREAD`].
+    pub unread: u64,
+}
+
+/// The most `unread` a frame shows: past it, a client shows "999+".
+pub const MAX_UNREAD: u64 = 999;
 
 /// A page of history, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

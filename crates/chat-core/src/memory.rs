@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use crate::clock::now_ms;
 use crate::domain::{
     Change, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange, MessageId,
-    NewMessage, Page, RoomHead, RoomName, StoredMessage,
+    NewMessage, Page, ReadState, RoomHead, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore,
@@ -170,6 +170,24 @@ impl ConnectionStore for MemoryConnections {
             .unwrap_or_default())
     }
 
+    async fn user_connections(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+    ) -> StoreResult<Vec<ConnectionId>> {
+        Ok(lock(&self.state)
+            .rooms
+            .get(room)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(_, member)| member.user_id.as_deref() == Some(user_id))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn room_members(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Member>> {
         let state = lock(&self.state);
         let Some(members) = state.rooms.get(room) else {
@@ -227,6 +245,8 @@ struct MessagesState {
     /// Room → its latest `seq`.
     heads: HashMap<RoomName, u64>,
     by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), MessageId>,
+    /// (Room, reader) → the message it read up to.
+    reads: HashMap<(RoomName, String), MessageId>,
 }
 
 pub use crate::domain::LoggedChange;
@@ -379,6 +399,7 @@ impl MessageStore for MemoryMessages {
         let head = RoomHead {
             seq,
             last_id: room.last().map(|last| last.id),
+            messages: room.len() as u64,
         };
         let stored = StoredMessage::stamp(message, head, now_ms());
         room.push(stored.clone());
@@ -395,6 +416,36 @@ impl MessageStore for MemoryMessages {
 
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>> {
         Ok(lock(&self.state).message(room, id).cloned())
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        reader: &str,
+        id: &MessageId,
+    ) -> StoreResult<Option<MessageId>> {
+        let mut state = lock(&self.state);
+        if state.message(room, id).is_none() {
+            return Ok(None);
+        }
+        // Ids follow the room's order: the later of the two marks stays.
+        let mark = state
+            .reads
+            .entry((room.clone(), reader.to_owned()))
+            .or_insert(*id);
+        *mark = (*mark).max(*id);
+        Ok(Some(*mark))
+    }
+
+    async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
+        let state = lock(&self.state);
+        let messages = state.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
+        let last_read = state.reads.get(&(room.clone(), reader.to_owned())).copied();
+        let read = last_read.map_or(0, |id| messages.partition_point(|m| m.id <= id));
+        Ok(ReadState {
+            last_read,
+            unread: (messages.len() - read) as u64,
+        })
     }
 
     async fn change(

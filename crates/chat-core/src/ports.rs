@@ -11,7 +11,7 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::domain::{
     Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
-    RoomName, StoredMessage,
+    ReadState, RoomName, StoredMessage,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::RateLimit;
@@ -90,6 +90,13 @@ pub trait ConnectionStore: Send + Sync {
     /// The distinct members of the room, at most `limit`.
     async fn room_members(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Member>>;
 
+    /// (Version 2) The connections in the room of the user with this id (its tabs and devices).
+    async fn user_connections(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+    ) -> StoreResult<Vec<ConnectionId>>;
+
     /// Takes one message from the connection's allowance; false when it is used up.
     async fn take_send_allowance(
         &self,
@@ -156,6 +163,22 @@ pub trait MessageStore: Send + Sync {
     /// After a `seq`, the page also holds the changes after it (at most `limit` events in all),
     /// each as [`MessageChange::replayed`] shows it; the messages show their latest state.
     async fn page(&self, room: &RoomName, cursor: Cursor, limit: usize) -> StoreResult<Page>;
+
+    /// (Version 2) Marks the room read up to `id` for `reader` (see
+    /// [`Editor::reactor_key`](crate::domain::Editor::reactor_key)), unless it has read up to a
+    /// later message already: the message it has read up to now, or `None` when the room has no
+    /// message `id`.
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        reader: &str,
+        id: &MessageId,
+    ) -> StoreResult<Option<MessageId>>;
+
+    /// (Version 2) Where `reader` stands in the room: the message it read up to, and how many
+    /// messages came after it (all of the room's without a mark), counted up to at least
+    /// [`MAX_UNREAD`](crate::domain::MAX_UNREAD).
+    async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState>;
 
     /// (Version 2) The message with this id in the room, as it is now (a tombstone when deleted).
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>>;

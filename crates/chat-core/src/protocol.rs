@@ -95,6 +95,8 @@ names! {
         DeleteMessage = "deleteMessage",
         React = "react",
         Unreact = "unreact",
+        MarkRead = "markRead",
+        Rooms = "rooms",
     }
 }
 
@@ -179,6 +181,13 @@ pub enum Action {
         emoji: Emoji,
         add: bool,
     },
+    /// (Version 2) The room is read up to this message.
+    MarkRead {
+        room: RoomName,
+        id: MessageId,
+    },
+    /// (Version 2) The connection's rooms, with their unread counts and latest messages.
+    Rooms,
 }
 
 impl Action {
@@ -192,8 +201,9 @@ impl Action {
             | Self::Typing { room }
             | Self::EditMessage { room, .. }
             | Self::DeleteMessage { room, .. }
-            | Self::React { room, .. } => Some(room),
-            Self::JoinRoom { .. } | Self::Ping => None,
+            | Self::React { room, .. }
+            | Self::MarkRead { room, .. } => Some(room),
+            Self::JoinRoom { .. } | Self::Ping | Self::Rooms => None,
         }
     }
 }
@@ -371,6 +381,11 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             emoji: Emoji::parse(required_string(fields, "emoji")?)?,
             add: action == ActionName::React,
         },
+        ActionName::MarkRead => Action::MarkRead {
+            room: required_room(fields)?,
+            id: required_message_id(fields)?,
+        },
+        ActionName::Rooms => Action::Rooms,
     })
 }
 
@@ -500,6 +515,14 @@ pub enum ServerFrame<'a> {
         members: &'a [Member],
         /// The room's latest `seq` when the join took effect.
         seq: u64,
+        /// (Version 2) The message this user read up to, absent before its first `markRead`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_read: Option<MessageId>,
+        /// (Version 2) The messages after it, up to 999.
+        unread: u64,
+        /// (Version 2) `lobby` only: the connections in it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        occupancy: Option<usize>,
         #[serde(flatten)]
         history: HistoryPage<'a>,
     },
@@ -520,6 +543,9 @@ pub enum ServerFrame<'a> {
         request_id: Option<&'a RequestId>,
         room: &'a RoomName,
         members: &'a [Member],
+        /// (Version 2) `lobby` only: the connections in it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        occupancy: Option<usize>,
     },
     Presence {
         room: &'a RoomName,
@@ -541,6 +567,20 @@ pub enum ServerFrame<'a> {
         room: &'a RoomName,
         id: MessageId,
         seq: u64,
+    },
+    /// (Version 2) The reply to `markRead`, and what the user's other connections in the room
+    /// receive (without `requestId`).
+    Read {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        room: &'a RoomName,
+        id: MessageId,
+    },
+    /// (Version 2) The reply to `rooms`.
+    Rooms {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a RequestId>,
+        rooms: &'a [RoomSummary],
     },
     /// (Version 2) The reply to `react` and `unreact`.
     Reacted {
@@ -637,6 +677,17 @@ impl Serialize for PageItem<'_> {
             Self::Change(change) => ChangeEvent(change).serialize(s),
         }
     }
+}
+
+/// One room of the `rooms` reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    pub room: RoomName,
+    /// Messages after the user's last read one, up to 999.
+    pub unread: u64,
+    /// The room's latest message; absent in a room without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<StoredMessage>,
 }
 
 /// A page of a room's past, as `joined` and `history` hold it: version 1's `messages` (in
@@ -923,6 +974,8 @@ mod tests {
                 Action::DeleteMessage { .. } => ActionName::DeleteMessage,
                 Action::React { add: true, .. } => ActionName::React,
                 Action::React { add: false, .. } => ActionName::Unreact,
+                Action::MarkRead { .. } => ActionName::MarkRead,
+                Action::Rooms => ActionName::Rooms,
             };
             assert_eq!(parsed, *name);
             assert_eq!(ActionName::from_name(name.as_str()), Some(*name));

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
-    Change, ChangeKind, ConnectionId, Cursor, DisplayName, Editor, MAX_REACTION_KINDS, Member,
-    MessageId, NewMessage, Page, Reacted, RequestId, RoomName, StoredMessage,
+    Change, ChangeKind, ConnectionId, Cursor, DisplayName, Editor, MAX_REACTION_KINDS, MAX_UNREAD,
+    Member, MessageId, NewMessage, Page, Reacted, RequestId, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier,
@@ -22,7 +22,7 @@ use crate::ports::{
 };
 use crate::protocol::{
     Action, ActionName, ChangeEvent, ChatError, ErrorCode, HistoryPage, Inbound, PageItem, Payload,
-    PresenceEvent, Rejection, Reply, Request, ServerFrame, parse_frame,
+    PresenceEvent, Rejection, Reply, Request, RoomSummary, ServerFrame, parse_frame,
 };
 use crate::telemetry;
 
@@ -336,6 +336,7 @@ impl Chat {
                     .room_members(room, self.config.max_members_listed)
                     .await
                     .map_err(internal)?;
+                let occupancy = self.occupancy(room).await?;
                 let none = Page::default();
                 Ok(Some(fit_reply(
                     &none,
@@ -346,6 +347,7 @@ impl Chat {
                             request_id,
                             room,
                             members,
+                            occupancy,
                         })
                     },
                 )))
@@ -392,6 +394,10 @@ impl Chat {
                     .await
                     .map(Some)
             }
+            Action::MarkRead { room, id } => {
+                self.mark_read(&me, request_id, room, id).await.map(Some)
+            }
+            Action::Rooms => self.rooms(&me, request_id).await.map(Some),
         }
     }
 
@@ -501,6 +507,93 @@ impl Chat {
                 id,
             },
         })
+    }
+
+    /// `markRead`: the room read up to `id` (never back), for the user on all its connections
+    /// (for a guest, this connection): the others in the room receive `read`.
+    async fn mark_read(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        room: &RoomName,
+        id: &MessageId,
+    ) -> Result<Payload, ChatError> {
+        // A write per call, as cheap as a reaction: the same allowance.
+        self.take_reaction_allowance(me).await?;
+        let read = self
+            .messages
+            .mark_read(room, &reader_key(me), id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ChatError::bad_request(format!("room {room} has no message {id}")))?;
+        if let Some(user_id) = &me.member.user_id {
+            let mut others = self
+                .connections
+                .user_connections(room, user_id)
+                .await
+                .map_err(internal)?;
+            others.retain(|other| other != &me.id);
+            if !others.is_empty() {
+                let frame = Payload::encode(&ServerFrame::Read {
+                    request_id: None,
+                    room,
+                    id: read,
+                });
+                // Gone ones are the fan-out's to remove; a lost `read` costs a stale badge.
+                self.notifier.broadcast(&others, &frame).await;
+            }
+        }
+        Ok(Payload::encode(&ServerFrame::Read {
+            request_id,
+            room,
+            id: read,
+        }))
+    }
+
+    /// `rooms`: each room of the connection with its unread count and latest message, in the
+    /// order joined.
+    async fn rooms(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+    ) -> Result<Payload, ChatError> {
+        let reader = reader_key(me);
+        let mut rooms = Vec::with_capacity(me.rooms.len());
+        for room in &me.rooms {
+            let read_state = self
+                .messages
+                .read_state(room, &reader)
+                .await
+                .map_err(internal)?;
+            let mut latest = self
+                .messages
+                .page(room, Cursor::Latest, 1)
+                .await
+                .map_err(internal)?;
+            rooms.push(RoomSummary {
+                room: room.clone(),
+                unread: read_state.unread.min(MAX_UNREAD),
+                last: latest.messages.pop(),
+            });
+        }
+        Ok(Payload::encode(&ServerFrame::Rooms {
+            request_id,
+            rooms: &rooms,
+        }))
+    }
+
+    /// `lobby`'s number of connections, for its `joined` and `members` (no presence event
+    /// keeps lobby's member list current, so clients show this instead); `None` elsewhere.
+    async fn occupancy(&self, room: &RoomName) -> Result<Option<usize>, ChatError> {
+        if !room.is_lobby() {
+            return Ok(None);
+        }
+        let connections = self
+            .connections
+            .room_connections(room)
+            .await
+            .map_err(internal)?;
+        Ok(Some(connections.len()))
     }
 
     /// Takes one reaction of the connection's reaction allowance, or refuses with
@@ -627,9 +720,10 @@ impl Chat {
                 .connections
                 .room_members(room, self.config.max_members_listed)
                 .await?;
-            Ok::<_, StoreError>((seq, page, members))
+            let read_state = self.messages.read_state(room, &reader_key(me)).await?;
+            Ok::<_, StoreError>((seq, page, members, read_state))
         };
-        let (seq, page, members) = match read.await {
+        let (seq, page, members, read_state) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 // Undo a fresh join, so that a retry joins again and tells the room.
@@ -652,6 +746,7 @@ impl Chat {
             .await
             .map_err(internal)?;
         }
+        let occupancy = self.occupancy(room).await?;
         let field = HistoryPage::field_for(ActionName::JoinRoom, from);
         Ok(fit_reply(
             &page,
@@ -663,6 +758,9 @@ impl Chat {
                     room,
                     members,
                     seq,
+                    last_read: read_state.last_read,
+                    unread: read_state.unread.min(MAX_UNREAD),
+                    occupancy,
                     history: HistoryPage {
                         items,
                         has_more,
@@ -803,6 +901,15 @@ fn fit_reply(
             }
         }
     }
+}
+
+/// Whose read state a connection reads and writes: its user's, or without one its own.
+fn reader_key(me: &ConnectionRecord) -> String {
+    Editor::Connection {
+        id: &me.id,
+        user_id: me.member.user_id.as_deref(),
+    }
+    .reactor_key()
 }
 
 fn ack(request_id: Option<&RequestId>, message: &StoredMessage) -> Payload {

@@ -774,6 +774,21 @@ impl chat_core::ports::MessageStore for FailingMessages {
     ) -> chat_core::ports::StoreResult<Option<chat_core::domain::StoredMessage>> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
+    async fn mark_read(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &str,
+        _: &chat_core::domain::MessageId,
+    ) -> chat_core::ports::StoreResult<Option<chat_core::domain::MessageId>> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+    async fn read_state(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &str,
+    ) -> chat_core::ports::StoreResult<chat_core::domain::ReadState> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
     async fn change(
         &self,
         _: &chat_core::domain::RoomName,

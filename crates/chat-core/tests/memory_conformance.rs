@@ -47,3 +47,11 @@ impl NotifierHarness for Recording {
         id
     }
 }
+
+#[tokio::test]
+async fn unread_counts_reach_past_what_a_frame_shows() {
+    chat_core::testing::message_store::unread_counts_reach_past_what_a_frame_shows(&|| async {
+        chat_core::memory::MemoryMessages::new()
+    })
+    .await;
+}

@@ -159,6 +159,20 @@ async fn every_route(handlers: &Handlers, recorder: &Recorder) {
         [json!({"👍":{"count":1}}), json!({"👍":{"count":2}})],
         "two changes, not three"
     );
+    // markRead and rooms: Bob has read it; lobby has nothing unread for him then.
+    let read = body(&handlers.message(naming("markRead.json", BOB)).await);
+    assert_eq!(
+        read,
+        json!({"type":"read","requestId":"r-read","room":"lobby","id":ack["id"]})
+    );
+    let rooms = body(&handlers.message(fixture_from("rooms.json", BOB)).await);
+    assert_eq!(rooms["type"], "rooms", "{rooms}");
+    assert_eq!(rooms["rooms"][0]["room"], "lobby");
+    assert_eq!(rooms["rooms"][0]["unread"], 0);
+    assert_eq!(rooms["rooms"][0]["last"]["id"], ack["id"]);
+    let for_cat = body(&handlers.message(fixture_from("rooms.json", CAT)).await);
+    assert_eq!(for_cat["rooms"][0]["unread"], 1, "{for_cat}");
+    recorder.take();
     let unreacted = body(&handlers.message(naming("unreact.json", CAT)).await);
     assert_eq!(unreacted["type"], "reacted");
     let reactions = recorder.take_for(ADA);

@@ -23,8 +23,9 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use chat_core::clock::now_ms;
 use chat_core::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, LoggedKind, Member, MessageChange,
-    MessageId, NewMessage, Page, Reactions, RoomHead, RoomName, StoredMessage,
+    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, LoggedKind, MAX_UNREAD, Member,
+    MessageChange, MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName,
+    StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
 use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
@@ -71,6 +72,13 @@ CREATE TABLE IF NOT EXISTS changes (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS changes_by_message ON changes (room, id);
+-- Read state: the message each reader (a user, or a guest's connection) read up to.
+CREATE TABLE IF NOT EXISTS reads (
+    room    TEXT NOT NULL,
+    reader  TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    PRIMARY KEY (room, reader)
+) WITHOUT ROWID;
 PRAGMA user_version = 3;
 ";
 
@@ -123,6 +131,12 @@ enum WriteRequest {
         change: Change,
         reply: oneshot::Sender<StoreResult<Changed>>,
     },
+    MarkRead {
+        room: RoomName,
+        reader: String,
+        id: MessageId,
+        reply: oneshot::Sender<StoreResult<Option<MessageId>>>,
+    },
 }
 
 /// A request's answer, sent once its transaction is committed.
@@ -132,6 +146,10 @@ enum Answer {
         StoreResult<Appended>,
     ),
     Change(oneshot::Sender<StoreResult<Changed>>, StoreResult<Changed>),
+    MarkRead(
+        oneshot::Sender<StoreResult<Option<MessageId>>>,
+        StoreResult<Option<MessageId>>,
+    ),
 }
 
 impl Answer {
@@ -143,6 +161,9 @@ impl Answer {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
             Self::Change(reply, result) => {
+                let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
+            }
+            Self::MarkRead(reply, result) => {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
         }
@@ -244,6 +265,16 @@ impl SqliteMessages {
         }
     }
 
+    /// Queues a write for the writer thread.
+    fn submit(&self, request: WriteRequest) -> StoreResult<()> {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer
+            .as_ref()
+            .ok_or_else(|| store_error("the message store is closed"))?
+            .send(request)
+            .map_err(|_| store_error("the message store writer has stopped"))
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -310,6 +341,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                 match request {
                     WriteRequest::Append { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                     WriteRequest::Change { reply, .. } => drop(reply.send(Err(store_error(&e)))),
+                    WriteRequest::MarkRead { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                 }
             }
             return;
@@ -327,6 +359,15 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                 change,
                 reply,
             } => Answer::Change(reply, change_in(&tx, &room, &id, &change)),
+            WriteRequest::MarkRead {
+                room,
+                reader,
+                id,
+                reply,
+            } => Answer::MarkRead(
+                reply,
+                mark_read_in(&tx, &room, &reader, &id).map_err(store_error),
+            ),
         })
         .collect();
     if let Err(e) = tx.commit() {
@@ -416,6 +457,53 @@ fn change_in(
     Ok(Changed::Done(event))
 }
 
+/// Moves the reader's mark up to `id` (never back: ids follow the room's order): where it is
+/// now, or `None` when the room has no message `id`.
+fn mark_read_in(
+    tx: &rusqlite::Transaction<'_>,
+    room: &RoomName,
+    reader: &str,
+    id: &MessageId,
+) -> rusqlite::Result<Option<MessageId>> {
+    if get_message(tx, room.as_str(), id)?.is_none() {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO reads (room, reader, id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (room, reader) DO UPDATE SET id = max(id, excluded.id)",
+    )?
+    .execute(params![room.as_str(), reader, id.to_string()])?;
+    let now: String = tx
+        .prepare_cached("SELECT id FROM reads WHERE room = ?1 AND reader = ?2")?
+        .query_row(params![room.as_str(), reader], |row| row.get(0))?;
+    Ok(MessageId::parse(&now).ok())
+}
+
+/// The reader's mark in the room, and the messages after it: counted in the index, up to one
+/// more than a frame shows.
+fn read_state(conn: &Connection, room: &str, reader: &str) -> rusqlite::Result<ReadState> {
+    let last_read: Option<String> = conn
+        .prepare_cached("SELECT id FROM reads WHERE room = ?1 AND reader = ?2")?
+        .query_row(params![room, reader], |row| row.get(0))
+        .optional()?;
+    let unread: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE room = ?1 AND id > ?2 LIMIT ?3)",
+        )?
+        .query_row(
+            params![
+                room,
+                last_read.as_deref().unwrap_or(""),
+                (MAX_UNREAD + 1) as i64
+            ],
+            |row| row.get(0),
+        )?;
+    Ok(ReadState {
+        last_read: last_read.and_then(|id| MessageId::parse(&id).ok()),
+        unread: u64::try_from(unread).unwrap_or_default(),
+    })
+}
+
 fn get_message(
     conn: &Connection,
     room: &str,
@@ -483,6 +571,8 @@ fn room_head(conn: &Connection, room: &str) -> rusqlite::Result<RoomHead> {
     Ok(RoomHead {
         seq: u64::try_from(head).unwrap_or_default(),
         last_id,
+        // Unread counts are counted in the index here.
+        messages: 0,
     })
 }
 
@@ -570,6 +660,30 @@ impl MessageStore for SqliteMessages {
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>> {
         let (room, id) = (room.as_str().to_owned(), *id);
         self.read(move |conn| get_message(conn, &room, &id)).await
+    }
+
+    async fn mark_read(
+        &self,
+        room: &RoomName,
+        reader: &str,
+        id: &MessageId,
+    ) -> StoreResult<Option<MessageId>> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(WriteRequest::MarkRead {
+            room: room.clone(),
+            reader: reader.to_owned(),
+            id: *id,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| store_error("the message store writer has stopped"))?
+    }
+
+    async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
+        let (room, reader) = (room.as_str().to_owned(), reader.to_owned());
+        self.read(move |conn| read_state(conn, &room, &reader))
+            .await
     }
 
     async fn change(

@@ -199,3 +199,11 @@ async fn a_deleted_text_is_nowhere_in_the_files_while_the_store_is_open() {
     let page = store.page(&room("r"), Cursor::Latest, 10).await.unwrap();
     assert!(page.messages[0].deleted && page.messages[0].text.is_empty());
 }
+
+#[tokio::test]
+async fn unread_counts_reach_past_what_a_frame_shows() {
+    chat_core::testing::message_store::unread_counts_reach_past_what_a_frame_shows(
+        &TempFiles::new(),
+    )
+    .await;
+}

@@ -711,3 +711,40 @@ pub async fn the_reaction_allowance_is_apart_from_the_send_allowance(
             .unwrap()
     );
 }
+
+pub async fn a_users_connections_in_a_room_are_all_of_its_tabs_and_only_those(
+    factory: &dyn ConnectionStoreFactory,
+) {
+    let store = factory.fresh().await;
+    let ada = user("Ada", "user-ada");
+    let phone = connect(&*store, &ada).await;
+    let laptop = connect(&*store, &ada).await;
+    let elsewhere = connect(&*store, &ada).await;
+    let bob = connect(&*store, &user("Ada", "user-bob")).await;
+    let guest = connect(&*store, &guest("Ada")).await;
+    let r = room("r");
+    for id in [&phone, &laptop, &bob, &guest] {
+        assert_eq!(store.join(id, &r, 50).await.unwrap(), JoinOutcome::Joined);
+    }
+    store.join(&elsewhere, &room("other"), 50).await.unwrap();
+    let mut found = store.user_connections(&r, "user-ada").await.unwrap();
+    found.sort();
+    let mut expected = vec![phone.clone(), laptop.clone()];
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "same name, other users and guests are not hers"
+    );
+    assert!(
+        store
+            .user_connections(&r, "nobody")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.leave(&laptop, &r).await.unwrap();
+    assert_eq!(
+        store.user_connections(&r, "user-ada").await.unwrap(),
+        [phone]
+    );
+}

@@ -113,6 +113,7 @@ macro_rules! message_store_conformance {
                 only_the_sender_may_change_a_message,
                 a_reaction_counts_once_per_user_and_kind_and_is_an_event,
                 a_message_holds_at_most_twenty_kinds_of_reaction,
+                read_state_moves_forward_only_and_counts_the_messages_after_it,
             ]
         );
     };
@@ -140,6 +141,7 @@ macro_rules! connection_store_conformance {
                 removing_a_connection_returns_its_record_and_takes_it_out_of_every_room,
                 the_send_allowance_is_a_burst_then_refusals,
                 the_reaction_allowance_is_apart_from_the_send_allowance,
+                a_users_connections_in_a_room_are_all_of_its_tabs_and_only_those,
                 the_send_allowance_refills_with_time_up_to_the_burst,
                 only_a_stored_connection_has_a_send_allowance_and_each_has_its_own,
                 concurrent_joins_never_exceed_max_rooms,

@@ -103,6 +103,12 @@ fn catalogue() -> Vec<(String, &'static str, bool)> {
         (format!(r#"{{"requestId":"q","action":"unreact","id":"{uuid}","emoji":"x"}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"unreact","room":"lobby","id":"{uuid}","emoji":["x"]}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"unreact","room":"elsewhere","id":"{uuid}","emoji":"x"}}"#), "not_member", true),
+        // markRead.
+        (r#"{"requestId":"q","action":"markRead","room":"lobby"}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"markRead","room":"lobby","id":"yesterday"}"#.into(), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"markRead","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"markRead","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"markRead","room":"elsewhere","id":"{uuid}"}}"#), "not_member", true),
     ];
     // Deep nesting is refused by the JSON reader's depth limit, not by the stack.
     cases.push((
@@ -284,6 +290,8 @@ async fn mutated_frames_never_break_the_server() {
         json!({"action":"editMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","text":"x"}),
         json!({"action":"deleteMessage","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000"}),
         json!({"action":"react","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","emoji":"👍"}),
+        json!({"action":"markRead","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000"}),
+        json!({"action":"rooms"}),
     ];
     let alphabet: &[u8] = b"{}[]\":,\\ 0123456789.-eE+nulltruefalseabc\xc3\xa9\x00\x1f";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
