@@ -247,3 +247,58 @@ mod serial {
         }
     }
 }
+
+/// Every DynamoDB request a client made: its operation (`GetItem`, `TransactWriteItems`, ...)
+/// and its JSON body, in order. For checks of what a function does against what its role
+/// allows (moto allows everything; IAM does not).
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl CallLog {
+    /// The calls so far, and empties the log.
+    pub fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "CallLog"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let request = context.request();
+        // "DynamoDB_20120810.GetItem": the operation after the dot.
+        let operation = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|target| target.rsplit('.').next())
+            .unwrap_or_default()
+            .to_owned();
+        let body = request
+            .body()
+            .bytes()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .unwrap_or_default();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((operation, body));
+        Ok(())
+    }
+}
+
+/// A client of the tests' DynamoDB (one request at a time, as [`one_request_at_a_time`]) whose
+/// every request goes into the log returned with it.
+pub async fn recorded_client() -> (aws_sdk_dynamodb::Client, CallLog) {
+    let log = CallLog::default();
+    let config = aws_sdk_dynamodb::config::Builder::from(&one_request_at_a_time().await)
+        .interceptor(log.clone())
+        .build();
+    (aws_sdk_dynamodb::Client::from_conf(config), log)
+}
