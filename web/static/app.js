@@ -31,6 +31,9 @@
   const GROUP_WITHIN = 5 * 60 * 1000;
   const STORE_KEY = 'chat.settings.v1';
 
+  /** How long the room in view stays quiet before it is marked read. */
+  const MARK_READ_AFTER_MS = 400;
+
   /** The reactions offered on every message. */
   const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉'];
 
@@ -489,6 +492,8 @@
       case 'pong': return onPong(f);
       case 'updated': case 'deleted': case 'reacted': return takeRequest(f);
       case 'reactions': return onChange(f);
+      case 'read': return onRead(f);
+      case 'rooms': return takeRequest(f);
       case 'error': return onError(f);
       default: return undefined; // newer server, unknown frame: ignore
     }
@@ -532,6 +537,15 @@
     room.joined = true;
     room.dom.timeline.dataset.joined = 'true';
     setMembers(room, f.members);
+    room.occupancy = Number.isInteger(f.occupancy) ? f.occupancy : null;
+    // The server's count of what this user has not read, on every tab alike. (A guest's read
+    // state is its connection's: after a reconnect the server knows nothing of it, and this
+    // page's own count is the better one.)
+    if (typeof f.lastRead === 'string') room.lastRead = f.lastRead;
+    if (state.me.userId && Number.isInteger(f.unread) && room !== currentRoom()) {
+      room.unread = f.unread;
+      renderRoomList();
+    }
     const sinceSeq = req ? req.sinceSeq : null;
     if (sinceSeq != null) {
       // Recovering after a reconnect: every event after `sinceSeq`, oldest first.
@@ -571,6 +585,7 @@
     }
     flushPending(room);
     saveStored();
+    markRoomRead(room);
   }
 
   /// A message of the room with this seq is held: the gap-free run moves on while it can.
@@ -646,6 +661,7 @@
     if (!isNew) return;
     clearTypingFor(room, f.sender);
     if (!mine) countUnread(room, 1);
+    markRoomRead(room);
     if (room === currentRoom() && (room.atBottom || mine)) scrollToBottom(room);
     else if (room === currentRoom()) $('jump-latest').hidden = false;
   }
@@ -698,7 +714,39 @@
     const room = state.rooms.get(f.room);
     if (!room) return;
     setMembers(room, f.members);
+    if (Number.isInteger(f.occupancy)) room.occupancy = f.occupancy;
     if (room === currentRoom()) renderMembers();
+  }
+
+  /// `read`: the reply to our markRead, or another tab or device of ours read the room up to
+  /// `id`; what is unread here is what came after it.
+  function onRead(f) {
+    takeRequest(f);
+    const room = state.rooms.get(f.room);
+    if (!room || typeof f.id !== 'string') return;
+    if (!room.lastRead || f.id > room.lastRead) room.lastRead = f.id;
+    if (room === currentRoom()) return;
+    const after = room.ids.slice(lowerBound(room.ids, room.lastRead))
+      .filter((id) => id > room.lastRead && !isMine(room.msgs.get(id).sender));
+    room.unread = Math.min(room.unread, after.length);
+    renderRoomList();
+  }
+
+  /// Tells the server (and so our other tabs) that the room in view is read to its latest
+  /// message, once per message.
+  function markRoomRead(room) {
+    if (!room || !room.joined || room !== currentRoom() || !room.ids.length) return;
+    // Once a burst of messages has settled: one mark for many messages.
+    if (room.markTimer) return;
+    room.markTimer = setTimeout(() => {
+      room.markTimer = 0;
+      if (!state || room !== currentRoom() || !room.joined || !room.ids.length) return;
+      const latest = room.ids[room.ids.length - 1];
+      if (room.lastRead && latest <= room.lastRead) return;
+      if (room.markedUpTo && latest <= room.markedUpTo) return;
+      room.markedUpTo = latest;
+      send('markRead', { room: room.name, id: latest });
+    }, MARK_READ_AFTER_MS);
   }
 
   function onPresence(f) {
@@ -763,7 +811,8 @@
     const req = takeRequest(f);
     const code = typeof f.code === 'string' ? f.code : 'internal';
     const words = describeError(code, req, f.message);
-    if (!quiet) toast(words, code);
+    // A read mark that did not go through costs a badge at most: nothing to tell the user.
+    if (!quiet && !(req && req.action === 'markRead')) toast(words, code);
     if (!req) return;
     const room = req.room ? state.rooms.get(req.room) : null;
     switch (req.action) {
@@ -898,6 +947,7 @@
     renderMembers();
     renderTyping();
     if (room.joined) send('members', { room: name });
+    markRoomRead(room);
     fillViewport(room);
     closeDrawers();
   }
@@ -978,6 +1028,13 @@
         el('span', { class: 'member-name', text: member.name }),
         mine ? el('span', { class: 'you', text: '(you)' }) : null);
     }));
+    // lobby: no presence event keeps its member list current; its number of connections is.
+    if (Number.isInteger(room.occupancy)) {
+      list.prepend(el('li', {
+        class: 'occupancy', 'data-testid': 'occupancy',
+        text: `${room.occupancy} connected`,
+      }));
+    }
     paintHues(list);
     $('member-count').textContent = String(entries.length);
   }

@@ -1,0 +1,74 @@
+// Browser tests: unread badges that agree across the tabs of one user (markRead and the read
+// event), and lobby's number of connections.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { launchBrowser, T, sendViaUi, joinViaUi, switchTo, waitForText, waitOnline, waitJoined, withChatOn } from './helpers.mjs';
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+const SECRET = 'browser-reads-secret-0123456789abcdef';
+
+/** An HS256 token for `sub`, valid for an hour. */
+function token(sub, name) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, name, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+async function openAs(s, server, sub, name) {
+  const page = await s.newPage();
+  // With a token in its URL, the page connects at once (the token names the user).
+  await page.goto(`${server.url}?token=${encodeURIComponent(token(sub, name))}`);
+  await waitOnline(page);
+  await waitJoined(page, 'lobby');
+  return page;
+}
+
+const badge = (page, room) => page.locator(`[data-testid=room-button][data-room="${room}"] [data-testid=unread]`);
+
+test('two tabs of one user agree on what is unread; lobby shows how many are connected', { timeout: 180_000 }, async () => {
+  process.env.CHAT_JWT_SECRET = SECRET;
+  try {
+    await withChatOn(browser, async (s, server) => {
+      const alice = await openAs(s, server, 'u-alice', 'alice');
+      const tab1 = await openAs(s, server, 'u-bob', 'bob');
+      const tab2 = await openAs(s, server, 'u-bob', 'bob');
+      for (const page of [alice, tab1, tab2]) await joinViaUi(page, 'team');
+      // Bob's tabs look at lobby; team fills up.
+      await switchTo(tab1, 'lobby');
+      await switchTo(tab2, 'lobby');
+      for (const text of ['one', 'two', 'three']) await sendViaUi(alice, text);
+      for (const tab of [tab1, tab2]) {
+        await badge(tab, 'team').filter({ hasText: '3' }).waitFor({ timeout: T });
+      }
+      // Bob reads team in one tab: the other's badge goes too.
+      await switchTo(tab1, 'team');
+      await waitForText(tab1, 'team', 'three');
+      await badge(tab1, 'team').waitFor({ state: 'detached', timeout: T });
+      await badge(tab2, 'team').waitFor({ state: 'detached', timeout: T });
+      // A new message that Bob reads in the tab showing team leaves no badge in the other.
+      await sendViaUi(alice, 'four');
+      await waitForText(tab1, 'team', 'four');
+      await waitForText(tab2, 'team', 'four');
+      await badge(tab2, 'team').waitFor({ state: 'detached', timeout: T });
+      assert.equal(await badge(tab1, 'team').count(), 0);
+      // Both elsewhere: the next one counts in both, once.
+      await switchTo(tab1, 'lobby');
+      await sendViaUi(alice, 'five');
+      for (const tab of [tab1, tab2]) {
+        await waitForText(tab, 'team', 'five');
+        await badge(tab, 'team').filter({ hasText: '1' }).waitFor({ timeout: T });
+      }
+
+      // lobby: three connections.
+      await switchTo(alice, 'lobby');
+      const occupancy = alice.locator('[data-testid=occupancy]');
+      await occupancy.filter({ hasText: '3 connected' }).waitFor({ timeout: T });
+    });
+  } finally {
+    delete process.env.CHAT_JWT_SECRET;
+  }
+});
