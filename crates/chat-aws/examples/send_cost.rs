@@ -127,6 +127,16 @@ async fn main() {
             "reacted",
         ),
         (
+            "markRead",
+            format!(r#"{{"action":"markRead","room":"team","id":"{id}"}}"#),
+            "read",
+        ),
+        (
+            "rooms (a connection in lobby and team)",
+            r#"{"action":"rooms"}"#.to_owned(),
+            "rooms",
+        ),
+        (
             "deleteMessage (of a message edited once, with a reaction)",
             format!(r#"{{"action":"deleteMessage","room":"team","id":"{id}"}}"#),
             "deleted",
