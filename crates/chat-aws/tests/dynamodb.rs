@@ -382,3 +382,71 @@ async fn the_rate_limit_holds_across_two_store_instances() {
 async fn one_request_at_a_time() -> Client {
     Client::new(&chat_aws::testing::one_request_at_a_time().await)
 }
+
+/// Every item of the room's partition, as the table holds it.
+async fn partition(
+    s: &Stores,
+    room: &str,
+) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+    let out = s
+        .client
+        .query()
+        .table_name(&s.tables.messages)
+        .key_condition_expression("#room = :room")
+        .expression_attribute_names("#room", chat_aws::tables::ROOM_KEY)
+        .expression_attribute_values(":room", AttributeValue::S(room.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("Query");
+    out.items.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_deleted_text_is_in_no_item_of_the_table() {
+    use chat_core::domain::{Change, Emoji, MessageText};
+    let s = stores("deleted-text").await;
+    let r = room("d");
+    let first = append_new(
+        &s.messages,
+        message("d", "ada", "the first draft", Some("c1")),
+    )
+    .await;
+    append_new(&s.messages, message("d", "ada", "a neighbour", None)).await;
+    let edit = Change::Edit(MessageText::parse("a secret, edited in".into()).unwrap());
+    s.messages.change(&r, &first.id, edit).await.unwrap();
+    let react = Change::React {
+        emoji: Emoji::parse("👀").unwrap(),
+        by: "u:bob".into(),
+        add: true,
+    };
+    s.messages.change(&r, &first.id, react).await.unwrap();
+    let holds = |items: &[std::collections::HashMap<String, AttributeValue>], text: &str| {
+        items.iter().any(|item| format!("{item:?}").contains(text))
+    };
+    let before = partition(&s, "d").await;
+    assert!(holds(&before, "a secret, edited in"), "the edit is stored");
+    s.messages
+        .change(&r, &first.id, Change::Delete)
+        .await
+        .unwrap();
+    let after = partition(&s, "d").await;
+    for gone in ["a secret, edited in", "the first draft", "u:bob"] {
+        assert!(!holds(&after, gone), "{gone:?} is still in {after:?}");
+    }
+    assert!(holds(&after, "a neighbour"));
+    // The tombstone: the message item without its text, and one change item (the delete).
+    let tombstone = after
+        .iter()
+        .find(|item| item.get("sk") == Some(&AttributeValue::S(first.id.to_string())))
+        .expect("the message item stays");
+    assert!(!tombstone.contains_key("text") && !tombstone.contains_key("reactions"));
+    let changes = after
+        .iter()
+        .filter(|item| matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk.starts_with("~change#")))
+        .count();
+    assert_eq!(
+        changes, 1,
+        "the edit's and the reactions' change items went with the delete"
+    );
+}

@@ -101,6 +101,17 @@ async fn a_delete_reaches_the_room_and_leaves_a_tombstone_in_history() {
         "no text, no sender"
     );
     assert_eq!(history["messages"][1]["id"], kept["id"]);
+    if !crate::support::lambda_backend() {
+        // The text is gone from the files on disk, not only from the frames (the DynamoDB
+        // store's items: chat-aws's `a_deleted_text_is_in_no_item_of_the_table`).
+        let db = server.settings.database_path();
+        let mut bytes = std::fs::read(&db).expect("chat.db");
+        bytes.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
+        let text = b"oops, wrong room";
+        assert!(!bytes.windows(text.len()).any(|w| w == text), "the text is on disk");
+        let stays = b"this one stays";
+        assert!(bytes.windows(stays.len()).any(|w| w == stays));
+    }
     // Deleted is deleted: no edit, no second delete.
     for frame in [
         json!({"action":"editMessage","room":"deletes","id":id,"text":"back"}),
