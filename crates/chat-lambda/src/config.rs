@@ -40,7 +40,7 @@ impl Default for ManagementEndpoint {
 }
 
 /// Every variable the functions read (besides the SDK's own, and `RUST_LOG`).
-pub const VARIABLES: [&str; 7] = [
+pub const VARIABLES: [&str; 8] = [
     "WEBSOCKET_TABLE",
     "MESSAGES_TABLE",
     "APIGW_MANAGEMENT_ENDPOINT",
@@ -48,16 +48,21 @@ pub const VARIABLES: [&str; 7] = [
     "CHAT_RATE_PER_SECOND",
     "CONNECTION_TTL_SECONDS",
     "FANOUT_CONCURRENCY",
+    "METRICS_NAMESPACE",
 ];
 
 /// Those that `template.yaml` sets; the others keep their defaults on AWS.
-pub const DEPLOYED_VARIABLES: [&str; 5] = [
+pub const DEPLOYED_VARIABLES: [&str; 6] = [
     "WEBSOCKET_TABLE",
     "MESSAGES_TABLE",
     "APIGW_MANAGEMENT_ENDPOINT",
     "CHAT_RATE_BURST",
     "CHAT_RATE_PER_SECOND",
+    "METRICS_NAMESPACE",
 ];
+
+/// The CloudWatch namespace of the functions' metrics without `METRICS_NAMESPACE`.
+pub const DEFAULT_METRICS_NAMESPACE: &str = "Chat";
 
 /// A variable that is set but cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,8 @@ pub struct Config {
     pub connection_ttl: Duration,
     /// `FANOUT_CONCURRENCY`: posts at once in a fan-out.
     pub fanout_concurrency: usize,
+    /// `METRICS_NAMESPACE`: the CloudWatch namespace of the EMF metrics (see [`crate::emf`]).
+    pub metrics_namespace: String,
 }
 
 impl Default for Config {
@@ -90,6 +97,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             connection_ttl: DynamoConnections::DEFAULT_TTL,
             fanout_concurrency: ManagementNotifier::DEFAULT_CONCURRENCY,
+            metrics_namespace: DEFAULT_METRICS_NAMESPACE.to_owned(),
         }
     }
 }
@@ -133,6 +141,7 @@ impl Config {
             management_endpoint: lookup("APIGW_MANAGEMENT_ENDPOINT")
                 .map(ManagementEndpoint::Fixed)
                 .unwrap_or(defaults.management_endpoint),
+            metrics_namespace: lookup("METRICS_NAMESPACE").unwrap_or(defaults.metrics_namespace),
             chat,
             connection_ttl: Duration::from_secs(number(
                 "CONNECTION_TTL_SECONDS",
@@ -181,8 +190,10 @@ mod tests {
             ("CHAT_RATE_PER_SECOND", "2"),
             ("CONNECTION_TTL_SECONDS", "60"),
             ("FANOUT_CONCURRENCY", "4"),
+            ("METRICS_NAMESPACE", "chat-prod"),
         ])
         .unwrap();
+        assert_eq!(config.metrics_namespace, "chat-prod");
         assert_eq!(config.tables, Tables::new("c", "m"));
         assert_eq!(
             config.management_endpoint,

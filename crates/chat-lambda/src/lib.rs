@@ -14,10 +14,12 @@
 //! - [`authorizer`]: [`Authorizer`]: the token check, with keys from a secret or a JWKS URL.
 //! - [`config`]: the configuration, from the environment, read once per container.
 //! - [`handlers`]: [`Handlers`]: `$connect`, `$disconnect`, and every other route (`message`).
+//! - [`emf`]: the chat's counters as CloudWatch Embedded Metric Format log lines.
 //! - [`runtime`]: the `lambda_runtime` loop and JSON logs that the thin `main`s in `src/bin` run.
 
 pub mod authorizer;
 pub mod config;
+pub mod emf;
 pub mod handlers;
 pub mod runtime;
 

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::authorizer::{Authorizer, AuthorizerConfig};
 use crate::config::Config;
+use crate::emf::EmfRecorder;
 use crate::handlers::Handlers;
 
 /// Which handler a function runs.
@@ -38,17 +39,56 @@ impl Handlers {
     }
 }
 
+impl Route {
+    /// The function's name, as the `Function` dimension of its metrics.
+    pub const fn function(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Disconnect => "disconnect",
+            Self::Message => "message",
+        }
+    }
+}
+
+/// One invocation, and what it counted as EMF lines (see [`crate::emf`]) for the function's
+/// log.
+pub async fn invoke(
+    handlers: &Handlers,
+    route: Route,
+    event: ApiGatewayWebsocketProxyRequest,
+    recorder: &EmfRecorder,
+    namespace: &str,
+) -> (ApiGatewayProxyResponse, Vec<String>) {
+    let response = handlers.handle(route, event).await;
+    let lines = recorder.flush(namespace, route.function(), chat_core::clock::now_ms());
+    (response, lines)
+}
+
 /// The body of each function's `main`.
 pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
     init_logging();
     let config = Config::from_env()?;
     let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
     let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
+    let recorder = EmfRecorder::default();
+    if metrics::set_global_recorder(recorder.clone()).is_err() {
+        tracing::warn!("a metrics recorder is installed already: no EMF metrics");
+    }
+    let namespace: Arc<str> = config.metrics_namespace.clone().into();
     tracing::info!(?route, tables = ?config.tables, "function ready");
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-            let handlers = handlers.clone();
-            async move { Ok::<_, lambda_runtime::Error>(handlers.handle(route, event.payload).await) }
+            let (handlers, recorder, namespace) =
+                (handlers.clone(), recorder.clone(), namespace.clone());
+            async move {
+                let (response, lines) =
+                    invoke(&handlers, route, event.payload, &recorder, &namespace).await;
+                // EMF documents are log lines of their own: CloudWatch reads the metrics off them.
+                for line in lines {
+                    println!("{line}");
+                }
+                Ok::<_, lambda_runtime::Error>(response)
+            }
         },
     ))
     .await

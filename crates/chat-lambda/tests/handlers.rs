@@ -360,3 +360,72 @@ async fn every_fixture_is_an_event_in_api_gateways_shape() {
     expected.sort();
     assert_eq!(routes, expected, "a fixture for every route");
 }
+
+/// An invocation writes what it counted as EMF lines: the message stored, its deliveries, the
+/// store's latency; an error by its code.
+#[tokio::test]
+async fn an_invocation_counts_in_embedded_metric_format() {
+    use chat_lambda::emf::EmfRecorder;
+    use chat_lambda::runtime::{Route, invoke};
+    let (handlers, _recorder) = handlers(
+        Arc::new(MemoryConnections::new()),
+        Arc::new(MemoryMessages::new()),
+    );
+    let metrics = EmfRecorder::default();
+    // This test's thread only (the runtime of `tokio::test` is single-threaded).
+    let _local = metrics::set_default_local_recorder(&metrics);
+    for (fixture, id) in [("connect.json", ADA), ("connect-repeated-name.json", BOB)] {
+        let (connected, _) = invoke(
+            &handlers,
+            Route::Connect,
+            fixture_from(fixture, id),
+            &metrics,
+            "chat-test",
+        )
+        .await;
+        assert_eq!(connected.status_code, 200);
+    }
+    let (sent, lines) = invoke(
+        &handlers,
+        Route::Message,
+        fixture("sendMessage.json"),
+        &metrics,
+        "chat-test",
+    )
+    .await;
+    assert_eq!(sent.status_code, 200);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let document: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(document["Function"], "message");
+    assert_eq!(
+        document["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "chat-test"
+    );
+    assert_eq!(document["chat_messages_stored_total"], 1);
+    assert_eq!(
+        document["chat_deliveries_total"], 2,
+        "ada and bob are in lobby"
+    );
+    assert_eq!(
+        document["chat_message_store_seconds"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let (_, lines) = invoke(
+        &handlers,
+        Route::Message,
+        fixture("default.json"),
+        &metrics,
+        "chat-test",
+    )
+    .await;
+    let document: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (
+            document["code"].clone(),
+            document["chat_errors_total"].clone()
+        ),
+        (json!("unknown_action"), json!(1))
+    );
+}

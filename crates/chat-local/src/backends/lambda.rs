@@ -166,6 +166,8 @@ impl LambdaBackend {
             // The gateway closes connections at the end of their lifetime, as API Gateway does.
             connection_ttl: settings.max_lifetime + Duration::from_secs(600),
             fanout_concurrency: ManagementNotifier::DEFAULT_CONCURRENCY,
+            // Unused here: in this process the chat's counters go to GET /metrics, not to EMF.
+            metrics_namespace: chat_lambda::config::DEFAULT_METRICS_NAMESPACE.to_owned(),
         };
         tracing::info!(
             connections = %config.tables.connections,

@@ -108,7 +108,10 @@ async fn a_delete_reaches_the_room_and_leaves_a_tombstone_in_history() {
         let mut bytes = std::fs::read(&db).expect("chat.db");
         bytes.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
         let text = b"oops, wrong room";
-        assert!(!bytes.windows(text.len()).any(|w| w == text), "the text is on disk");
+        assert!(
+            !bytes.windows(text.len()).any(|w| w == text),
+            "the text is on disk"
+        );
         let stays = b"this one stays";
         assert!(bytes.windows(stays.len()).any(|w| w == stays));
     }
