@@ -569,7 +569,8 @@ async fn members_lists_each_person_once() {
         .unwrap();
     assert_eq!(
         reply,
-        json!({"type":"members","requestId":"m","room":"lobby","members":[{"name":"ada"},{"name":"bob"}]})
+        // Version 2: lobby's members reply also carries its number of connections.
+        json!({"type":"members","requestId":"m","room":"lobby","members":[{"name":"ada"},{"name":"bob"}],"occupancy":3})
     );
 }
 
@@ -1026,4 +1027,52 @@ async fn joined_and_history_replies_fit_in_128_kb_and_say_there_is_more() {
     assert!(size(&back) <= LIMIT);
     assert_eq!(*seqs(&back["messages"]).last().unwrap(), 60);
     assert_eq!(back["hasMore"], true);
+}
+
+/// Reactions and read marks have an allowance of their own: used up, messages still go, and
+/// the other way round; edits and deletes count as messages.
+#[tokio::test]
+async fn reactions_have_their_own_allowance_and_edits_share_the_messages() {
+    let h = Harness::new();
+    let ada = h.connect("ada").await;
+    let sent = h
+        .send(&ada, json!({"action":"sendMessage","text":"react to me"}))
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_owned();
+    let burst = ChatConfig::default().reaction_rate_limit.burst as usize;
+    let mut taken = 0;
+    for n in 0..burst + 5 {
+        let frame = json!({"action":"react","room":"lobby","id":id,"emoji":format!("e{}", n % 20)});
+        let reply = h.send(&ada, frame).await.unwrap();
+        match reply["type"].as_str() {
+            Some("reacted") => taken += 1,
+            _ => assert_eq!(reply["code"], "rate_limited", "{reply}"),
+        }
+    }
+    assert_eq!(taken, burst, "the reactions' burst, no more");
+    // Messages are untouched by it.
+    let reply = h
+        .send(&ada, json!({"action":"sendMessage","text":"still sending"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let read = h
+        .send(&ada, json!({"action":"markRead","room":"lobby","id":id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        read["code"], "rate_limited",
+        "markRead shares the reactions' allowance"
+    );
+    // Edits use the messages' allowance: the burst of 20, two of which are spent.
+    let burst = ChatConfig::default().rate_limit.burst as usize;
+    let mut edits = 0;
+    for n in 0..burst {
+        let frame = json!({"action":"editMessage","room":"lobby","id":id,"text":format!("v{n}")});
+        if h.send(&ada, frame).await.unwrap()["type"] == "updated" {
+            edits += 1;
+        }
+    }
+    assert_eq!(edits, burst - 2);
 }
