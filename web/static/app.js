@@ -45,6 +45,7 @@
     limit_exceeded: 'You are in too many rooms (50 at most). Leave one before joining another.',
     internal: 'Something went wrong on the server. Please try again.',
     unknown_action: 'The server did not understand that request (this client may be out of date).',
+    forbidden: 'You may not do that in this room: it is private, or the message is not yours.',
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -840,7 +841,7 @@
         break;
       case 'joinRoom':
         // A failed re-join after a reconnect leaves the room shown but not joined.
-        if (room && !room.joined && (code === 'not_member' || code === 'limit_exceeded' || code === 'bad_request')) {
+        if (room && !room.joined && (code === 'not_member' || code === 'limit_exceeded' || code === 'bad_request' || code === 'forbidden')) {
           addNotice(room, `Could not rejoin this room: ${words}`, 'error');
         }
         break;
@@ -874,6 +875,7 @@
           return `Cannot join "${room}": a room name is 1 to 64 letters, digits, dots, dashes or underscores.`;
         }
         if (code === 'limit_exceeded') return `Cannot join "${room}": ${base}`;
+        if (code === 'forbidden') return `Cannot join "${room}": it is private, and you have no access to it.`;
         return `Cannot join "${room}": ${base}`;
       case 'leaveRoom':
         return `Cannot leave #${room}: ${base}`;
@@ -978,7 +980,7 @@
         type: 'button', class: 'room-button', 'data-testid': 'room-button', dataset: { room: name },
         'aria-current': name === state.current ? 'true' : null,
       },
-      el('span', { class: 'room-hash', 'aria-hidden': 'true', text: '#' }),
+      el('span', { class: 'room-hash', 'aria-hidden': 'true', text: name.startsWith('private.') ? '🔒' : '#' }),
       el('span', { class: 'room-name', text: name }));
       if (room.unread > 0) {
         btn.append(el('span', {

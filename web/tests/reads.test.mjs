@@ -12,16 +12,16 @@ after(async () => { await browser?.close(); });
 const SECRET = 'browser-reads-secret-0123456789abcdef';
 
 /** An HS256 token for `sub`, valid for an hour. */
-function token(sub, name) {
+function token(sub, name, rooms = []) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, name, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, name, rooms, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
 
-async function openAs(s, server, sub, name) {
+async function openAs(s, server, sub, name, rooms = []) {
   const page = await s.newPage();
   // With a token in its URL, the page connects at once (the token names the user).
-  await page.goto(`${server.url}?token=${encodeURIComponent(token(sub, name))}`);
+  await page.goto(`${server.url}?token=${encodeURIComponent(token(sub, name, rooms))}`);
   await waitOnline(page);
   await waitJoined(page, 'lobby');
   return page;
@@ -33,7 +33,7 @@ test('two tabs of one user agree on what is unread; lobby shows how many are con
   process.env.CHAT_JWT_SECRET = SECRET;
   try {
     await withChatOn(browser, async (s, server) => {
-      const alice = await openAs(s, server, 'u-alice', 'alice');
+      const alice = await openAs(s, server, 'u-alice', 'alice', ['private.team-*']);
       const tab1 = await openAs(s, server, 'u-bob', 'bob');
       const tab2 = await openAs(s, server, 'u-bob', 'bob');
       for (const page of [alice, tab1, tab2]) await joinViaUi(page, 'team');
@@ -62,6 +62,17 @@ test('two tabs of one user agree on what is unread; lobby shows how many are con
         await waitForText(tab, 'team', 'five');
         await badge(tab, 'team').filter({ hasText: '1' }).waitFor({ timeout: T });
       }
+
+      // A private room: Alice's token grants it, and the page shows it as private; Bob's does
+      // not, and he is told why.
+      await joinViaUi(alice, 'private.team-a');
+      const lock = alice.locator('[data-testid=room-button][data-room="private.team-a"] .room-hash');
+      assert.equal(await lock.textContent(), '🔒');
+      await tab1.locator('#join-room-input').fill('private.team-a');
+      await tab1.locator('#join-room-input').press('Enter');
+      const refusal = tab1.locator('[data-testid=error-toast][data-code="forbidden"]').first();
+      await refusal.waitFor({ timeout: T });
+      assert.match(await refusal.textContent(), /private/);
 
       // lobby: three connections.
       await switchTo(alice, 'lobby');

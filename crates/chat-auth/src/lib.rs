@@ -30,6 +30,9 @@ pub struct Identity {
     pub user_id: String,
     /// The `name` claim, if any; the chat falls back to `sub`.
     pub name: Option<String>,
+    /// The `rooms` claim: the `private.` rooms the user may enter, each an exact name or a
+    /// prefix ending in `*`. Empty without the claim.
+    pub rooms: Vec<String>,
 }
 
 /// Why a token was refused. The text is safe to show the client.
@@ -70,6 +73,8 @@ pub struct Verifier {
 struct Claims {
     sub: Option<String>,
     name: Option<String>,
+    /// A list of strings when present: anything else makes the token invalid.
+    rooms: Option<Vec<String>>,
 }
 
 impl Verifier {
@@ -159,6 +164,7 @@ impl Verifier {
         Ok(Identity {
             user_id,
             name: data.claims.name,
+            rooms: data.claims.rooms.unwrap_or_default(),
         })
     }
 }
@@ -211,6 +217,9 @@ pub struct MintClaims {
     pub iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The `private.` rooms granted (exact names, or prefixes ending in `*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
 }
 
 /// Signs claims with an HS256 secret (for local testing).

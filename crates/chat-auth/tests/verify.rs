@@ -37,7 +37,8 @@ fn a_valid_hs256_token_gives_the_subject_and_name() {
         identity,
         Identity {
             user_id: "user-1".into(),
-            name: Some("Ada".into())
+            name: Some("Ada".into()),
+            rooms: Vec::new(),
         }
     );
     let nameless = verifier
@@ -182,6 +183,7 @@ fn minted_tokens_verify() {
             iat: now_secs(),
             iss: None,
             aud: None,
+            rooms: vec!["private.team-1.*".into()],
         },
     )
     .unwrap();
@@ -190,7 +192,26 @@ fn minted_tokens_verify() {
         identity,
         Identity {
             user_id: "u-9".into(),
-            name: Some("Grace".into())
+            name: Some("Grace".into()),
+            rooms: vec!["private.team-1.*".into()],
         }
     );
+}
+
+#[test]
+fn the_rooms_claim_is_a_list_of_strings_or_the_token_is_invalid() {
+    let verifier = Verifier::hs256(SECRET);
+    let granted = verifier
+        .verify(Some(&hs(&claims(
+            json!({"rooms": ["private.a", "private.team-*"]}),
+        ))))
+        .unwrap();
+    assert_eq!(granted.rooms, ["private.a", "private.team-*"]);
+    for bad in [json!("private.a"), json!([1]), json!({"private.a": true})] {
+        let refused = verifier.verify(Some(&hs(&claims(json!({ "rooms": bad.clone() })))));
+        assert!(
+            matches!(refused, Err(chat_auth::AuthError::Invalid(_))),
+            "{bad}: {refused:?}"
+        );
+    }
 }

@@ -64,6 +64,9 @@ struct ConnectionItem {
     /// The `react`/`unreact` allowance, absent until the first reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reaction_allowance: Option<TokenBucket>,
+    /// The `private.` rooms its user may enter (its token's `rooms` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    grants: Vec<String>,
 }
 
 impl ConnectionItem {
@@ -79,6 +82,7 @@ impl ConnectionItem {
             member: self.member.clone(),
             connected_at_ms: self.connected_at,
             rooms,
+            grants: self.grants.clone(),
         })
     }
 }
@@ -255,6 +259,7 @@ impl ConnectionStore for DynamoConnections {
         &self,
         id: &ConnectionId,
         member: &Member,
+        grants: &[String],
         connected_at_ms: u64,
     ) -> StoreResult<()> {
         let item = ConnectionItem {
@@ -265,6 +270,7 @@ impl ConnectionStore for DynamoConnections {
             connected_at: connected_at_ms,
             allowance: None,
             reaction_allowance: None,
+            grants: grants.to_vec(),
         };
         let out = self
             .db

@@ -47,9 +47,31 @@ impl RoomName {
         &*self.0 == "lobby"
     }
 
+    /// (Version 2) Who may enter, by the name's prefix.
+    pub fn access(&self) -> RoomAccess {
+        if self.0.starts_with("private.") {
+            RoomAccess::Private
+        } else if self.0.starts_with("dm.") {
+            RoomAccess::Direct
+        } else {
+            RoomAccess::Public
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// (Version 2) Who may enter a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// Everyone.
+    Public,
+    /// `private.`: users with a grant.
+    Private,
+    /// `dm.`: the two users of a direct room.
+    Direct,
 }
 
 impl fmt::Display for RoomName {

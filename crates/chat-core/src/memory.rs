@@ -31,6 +31,7 @@ struct ConnectionEntry {
     member: Member,
     connected_at_ms: u64,
     rooms: Vec<RoomName>,
+    grants: Vec<String>,
     allowance: Option<TokenBucket>,
     reaction_allowance: Option<TokenBucket>,
 }
@@ -70,6 +71,7 @@ impl ConnectionStore for MemoryConnections {
         &self,
         id: &ConnectionId,
         member: &Member,
+        grants: &[String],
         connected_at_ms: u64,
     ) -> StoreResult<()> {
         lock(&self.state).connections.insert(
@@ -78,6 +80,7 @@ impl ConnectionStore for MemoryConnections {
                 member: member.clone(),
                 connected_at_ms,
                 rooms: Vec::new(),
+                grants: grants.to_vec(),
                 allowance: None,
                 reaction_allowance: None,
             },
@@ -94,6 +97,7 @@ impl ConnectionStore for MemoryConnections {
                 member: entry.member.clone(),
                 connected_at_ms: entry.connected_at_ms,
                 rooms: entry.rooms.clone(),
+                grants: entry.grants.clone(),
             }))
     }
 
@@ -115,6 +119,7 @@ impl ConnectionStore for MemoryConnections {
             member: entry.member,
             connected_at_ms: entry.connected_at_ms,
             rooms: entry.rooms,
+            grants: entry.grants,
         }))
     }
 

@@ -11,7 +11,7 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::domain::{
     Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
-    ReadState, RoomName, StoredMessage,
+    ReadState, RoomAccess, RoomName, StoredMessage,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::RateLimit;
@@ -38,11 +38,35 @@ pub struct ConnectionRecord {
     pub connected_at_ms: u64,
     /// The rooms it is a member of, in the order joined.
     pub rooms: Vec<RoomName>,
+    /// (Version 2) The `private.` rooms its user may enter: exact names, or prefixes ending in
+    /// `*` (its token's `rooms` claim). Always empty without a user.
+    pub grants: Vec<String>,
 }
 
 impl ConnectionRecord {
     pub fn is_member_of(&self, room: &RoomName) -> bool {
         self.rooms.contains(room)
+    }
+
+    /// Whether it may join the room: any public one; a `private.` one with a user and a grant
+    /// that covers it; no `dm.` one (direct rooms are not opened by name).
+    pub fn may_enter(&self, room: &RoomName) -> bool {
+        match room.access() {
+            RoomAccess::Public => true,
+            RoomAccess::Private => {
+                self.member.user_id.is_some()
+                    && self.grants.iter().any(|grant| grant_covers(grant, room))
+            }
+            RoomAccess::Direct => false,
+        }
+    }
+}
+
+/// Whether a grant (an exact room name, or a prefix ending in `*`) covers the room.
+pub fn grant_covers(grant: &str, room: &RoomName) -> bool {
+    match grant.strip_suffix('*') {
+        Some(prefix) => room.as_str().starts_with(prefix),
+        None => grant == room.as_str(),
     }
 }
 
@@ -65,6 +89,7 @@ pub trait ConnectionStore: Send + Sync {
         &self,
         id: &ConnectionId,
         member: &Member,
+        grants: &[String],
         connected_at_ms: u64,
     ) -> StoreResult<()>;
 

@@ -14,7 +14,7 @@ use crate::clock::{Clock, now_ms};
 use crate::config::ChatConfig;
 use crate::domain::{
     Change, ChangeKind, ConnectionId, Cursor, DisplayName, Editor, MAX_REACTION_KINDS, MAX_UNREAD,
-    Member, MessageId, NewMessage, Page, Reacted, RequestId, RoomName, StoredMessage,
+    Member, MessageId, NewMessage, Page, Reacted, RequestId, RoomAccess, RoomName, StoredMessage,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier,
@@ -35,6 +35,8 @@ pub struct ConnectRequest {
     pub user_id: Option<String>,
     /// The display name from a verified token (its `name` claim, else `sub`).
     pub token_name: Option<String>,
+    /// (Version 2) The `private.` rooms the token grants (its `rooms` claim).
+    pub rooms: Vec<String>,
     /// When the gateway accepted the handshake (API Gateway's `connectedAt`); now when `None`.
     pub connected_at_ms: Option<u64>,
 }
@@ -43,10 +45,15 @@ impl ConnectRequest {
     /// The `name` query parameter (the first, when repeated), and the user an authorizer's
     /// context names, if any; `context` reads one field of that context.
     pub fn new<'a>(name: Option<&str>, context: impl Fn(&str) -> Option<&'a Value>) -> Self {
-        let user = authorizer_context::user(context);
+        let user = authorizer_context::user(&context);
         Self {
             name: name.map(str::to_owned),
             token_name: user.as_ref().and_then(|(_, name)| name.clone()),
+            rooms: if user.is_some() {
+                authorizer_context::rooms(&context)
+            } else {
+                Vec::new()
+            },
             user_id: user.map(|(id, _)| id),
             connected_at_ms: None,
         }
@@ -67,6 +74,27 @@ pub mod authorizer_context {
 
     pub const USER_ID: &str = "userId";
     pub const NAME: &str = "name";
+    /// The rooms granted, as one string: API Gateway's context values are strings, numbers or
+    /// booleans only ("Output from an Amazon API Gateway Lambda authorizer", API Gateway
+    /// Developer Guide), so the list is JSON inside the string.
+    pub const ROOMS: &str = "rooms";
+
+    /// The context with the rooms a token grants (none: unchanged).
+    pub fn with_rooms(mut context: Map<String, Value>, rooms: &[String]) -> Map<String, Value> {
+        if !rooms.is_empty() {
+            let list = Value::from(rooms.to_vec()).to_string();
+            context.insert(ROOMS.into(), Value::String(list));
+        }
+        context
+    }
+
+    /// The rooms a context grants: none when absent or unreadable.
+    pub fn rooms<'a>(get: impl Fn(&str) -> Option<&'a Value>) -> Vec<String> {
+        get(ROOMS)
+            .and_then(Value::as_str)
+            .and_then(|list| serde_json::from_str(list).ok())
+            .unwrap_or_default()
+    }
 
     /// The context for a user (strings only, as API Gateway requires of context values).
     pub fn of(user_id: &str, name: Option<&str>) -> Map<String, Value> {
@@ -157,9 +185,14 @@ impl Chat {
     ) -> Result<Member, ConnectRejection> {
         let member = Self::member_for(request)?;
         let connected_at = request.connected_at_ms.unwrap_or_else(|| (self.clock)());
+        let grants = if member.user_id.is_some() {
+            request.rooms.clone()
+        } else {
+            Vec::new()
+        };
         let stored = async {
             self.connections
-                .insert(connection_id, &member, connected_at)
+                .insert(connection_id, &member, &grants, connected_at)
                 .await?;
             self.connections
                 .join(
@@ -688,6 +721,18 @@ impl Chat {
         room: &RoomName,
         from: Cursor,
     ) -> Result<Payload, ChatError> {
+        if !me.may_enter(room) {
+            return Err(ChatError::new(
+                ErrorCode::Forbidden,
+                match room.access() {
+                    RoomAccess::Private if me.member.user_id.is_none() => format!(
+                        "room {room} is private: only signed-in users with a grant may enter"
+                    ),
+                    RoomAccess::Private => format!("room {room} is private: you have no grant"),
+                    _ => format!("room {room} is a direct room: it is opened with openDirect"),
+                },
+            ));
+        }
         let outcome = self
             .connections
             .join(&me.id, room, self.config.max_rooms_per_connection)
@@ -948,6 +993,23 @@ mod tests {
         assert_eq!(user(json!({})), None);
         assert_eq!(user(json!({"userId":""})), None);
         assert_eq!(user(json!({"userId":7})), None);
+    }
+
+    #[test]
+    fn a_contexts_rooms_are_a_json_list_in_a_string_and_read_back() {
+        let rooms = vec!["private.a".to_owned(), "private.team-*".to_owned()];
+        let context = authorizer_context::with_rooms(authorizer_context::of("u1", None), &rooms);
+        assert_eq!(
+            context.get("rooms"),
+            Some(&Value::String(r#"["private.a","private.team-*"]"#.into())),
+            "API Gateway takes strings, numbers and booleans only"
+        );
+        assert_eq!(authorizer_context::rooms(|key| context.get(key)), rooms);
+        let none = authorizer_context::with_rooms(authorizer_context::of("u1", None), &[]);
+        assert!(!none.contains_key("rooms"));
+        assert!(authorizer_context::rooms(|key| none.get(key)).is_empty());
+        let garbled = json!({"rooms": "not a list"});
+        assert!(authorizer_context::rooms(|key| garbled.get(key)).is_empty());
     }
 
     #[test]

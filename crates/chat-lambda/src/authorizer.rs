@@ -216,7 +216,10 @@ fn allow(method_arn: &str, identity: &Identity) -> ApiGatewayCustomAuthorizerRes
     let mut policy = ApiGatewayCustomAuthorizerPolicy::default();
     policy.version = Some("2012-10-17".into());
     policy.statement = vec![statement];
-    let context = authorizer_context::of(&identity.user_id, identity.name.as_deref());
+    let context = authorizer_context::with_rooms(
+        authorizer_context::of(&identity.user_id, identity.name.as_deref()),
+        &identity.rooms,
+    );
     let mut response = ApiGatewayCustomAuthorizerResponse::default();
     response.principal_id = Some(identity.user_id.clone());
     response.policy_document = policy;

@@ -54,6 +54,10 @@ struct TokenArgs {
     /// The `aud` claim.
     #[arg(long, env = "CHAT_JWT_AUDIENCE")]
     audience: Option<String>,
+    /// A `private.` room the user may enter (an exact name, or a prefix ending in `*`); repeat
+    /// for more (the `rooms` claim).
+    #[arg(long = "room")]
+    rooms: Vec<String>,
 }
 
 fn print_token(args: TokenArgs) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ fn print_token(args: TokenArgs) -> anyhow::Result<()> {
         iat: now,
         iss: args.issuer,
         aud: args.audience,
+        rooms: args.rooms,
     };
     println!(
         "{}",

@@ -70,6 +70,7 @@ pub async fn an_inserted_connection_is_read_back_in_no_room(factory: &dyn Connec
             member: ada,
             connected_at_ms: CONNECTED_AT_MS,
             rooms: Vec::new(),
+            grants: Vec::new(),
         })
     );
     let bob = connect(&*store, &guest("bob")).await;
@@ -397,6 +398,7 @@ pub async fn removing_a_connection_returns_its_record_and_takes_it_out_of_every_
             member: ada,
             connected_at_ms: CONNECTED_AT_MS,
             rooms: rooms.to_vec(),
+            grants: Vec::new(),
         })
     );
     for r in &rooms {
@@ -747,4 +749,29 @@ pub async fn a_users_connections_in_a_room_are_all_of_its_tabs_and_only_those(
         store.user_connections(&r, "user-ada").await.unwrap(),
         [phone]
     );
+}
+
+pub async fn a_connections_grants_are_stored_with_it(factory: &dyn ConnectionStoreFactory) {
+    let store = factory.fresh().await;
+    let ada = user("Ada", "user-ada");
+    let id = ConnectionId::random();
+    let grants = vec!["private.team-1.*".to_owned(), "private.board".to_owned()];
+    store
+        .insert(&id, &ada, &grants, CONNECTED_AT_MS)
+        .await
+        .unwrap();
+    store.join(&id, &room("r"), 50).await.unwrap();
+    let record = store.get(&id).await.unwrap().expect("stored");
+    assert_eq!(record.grants, grants);
+    assert!(record.may_enter(&room("private.team-1.general")));
+    assert!(record.may_enter(&room("private.board")));
+    assert!(
+        !record.may_enter(&room("private.board-2")),
+        "an exact grant is exact"
+    );
+    assert!(!record.may_enter(&room("private.team-2.general")));
+    assert!(!record.may_enter(&room("dm.anything")));
+    assert!(record.may_enter(&room("public-room")));
+    let removed = store.remove(&id).await.unwrap().expect("removed");
+    assert_eq!(removed.grants, grants);
 }

@@ -78,7 +78,7 @@ pub const CONNECTED_AT_MS: u64 = 1_795_000_000_123;
 pub async fn connect(store: &dyn ConnectionStore, member: &Member) -> ConnectionId {
     let id = ConnectionId::random();
     store
-        .insert(&id, member, CONNECTED_AT_MS)
+        .insert(&id, member, &[], CONNECTED_AT_MS)
         .await
         .expect("insert");
     id

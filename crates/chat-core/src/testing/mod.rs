@@ -142,6 +142,7 @@ macro_rules! connection_store_conformance {
                 the_send_allowance_is_a_burst_then_refusals,
                 the_reaction_allowance_is_apart_from_the_send_allowance,
                 a_users_connections_in_a_room_are_all_of_its_tabs_and_only_those,
+                a_connections_grants_are_stored_with_it,
                 the_send_allowance_refills_with_time_up_to_the_burst,
                 only_a_stored_connection_has_a_send_allowance_and_each_has_its_own,
                 concurrent_joins_never_exceed_max_rooms,

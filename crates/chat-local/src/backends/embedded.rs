@@ -66,9 +66,9 @@ impl Backend for Embedded {
         let identity = verifier
             .verify(handshake.first("token"))
             .map_err(|e| Refusal::new(401, e.to_string()))?;
-        Ok(Some(authorizer_context::of(
-            &identity.user_id,
-            identity.name.as_deref(),
+        Ok(Some(authorizer_context::with_rooms(
+            authorizer_context::of(&identity.user_id, identity.name.as_deref()),
+            &identity.rooms,
         )))
     }
 

@@ -385,6 +385,7 @@ mod tests {
             iat: chat_auth::now_secs(),
             iss: None,
             aud: None,
+            rooms: Vec::new(),
         };
         let token = chat_auth::mint_hs256(secret, &claims).unwrap();
         let handshake = |token: &str| Handshake {

@@ -303,6 +303,7 @@ async fn an_expired_token_is_refused_with_401() {
         iat: chat_auth::now_secs() - 180,
         iss: None,
         aud: None,
+        rooms: Vec::new(),
     };
     let expired = chat_auth::mint_hs256(secret.as_bytes(), &claims).unwrap();
     let url = format!("ws://{}/dev?token={expired}", process.addr);

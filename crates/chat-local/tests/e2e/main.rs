@@ -16,6 +16,7 @@ mod metrics;
 #[cfg(feature = "lambda")]
 mod notifiers;
 mod pipelined;
+mod private;
 mod reads;
 mod recovery;
 mod replies;
