@@ -217,6 +217,7 @@
       awaitingAck: new Map(), // room -> clientMsgId of its message sent and not yet acknowledged
       requests: new Map(), // requestId -> what it asked (for relating replies and errors)
       myReactions: new Map(), // message id -> the emojis this user reacted with (as far as this page knows)
+      directNames: new Map(), // direct room -> the other user's name
       seq: 0,
       // connection
       socket: null,
@@ -494,6 +495,7 @@
       case 'updated': case 'deleted': case 'reacted': return takeRequest(f);
       case 'reactions': return onChange(f);
       case 'read': return onRead(f);
+      case 'direct': return onDirect(f);
       case 'rooms': return takeRequest(f);
       case 'error': return onError(f);
       default: return undefined; // newer server, unknown frame: ignore
@@ -532,7 +534,8 @@
     const req = takeRequest(f);
     let room = state.rooms.get(f.room);
     if (!room) {
-      if (!req || req.action !== 'joinRoom') return; // not asked for by this client
+      if (!req || (req.action !== 'joinRoom' && req.action !== 'openDirect')) return; // not asked for by this client
+      if (req.directName) state.directNames.set(f.room, req.directName);
       room = addRoom(f.room);
     }
     room.joined = true;
@@ -731,6 +734,27 @@
       .filter((id) => id > room.lastRead && !isMine(room.msgs.get(id).sender));
     room.unread = Math.min(room.unread, after.length);
     renderRoomList();
+  }
+
+  /// Another user opened a direct room with us: join it, so that it shows and its messages come.
+  function onDirect(f) {
+    if (typeof f.room !== 'string' || !f.from || typeof f.from.name !== 'string') return;
+    state.directNames.set(f.room, f.from.name);
+    const room = state.rooms.get(f.room);
+    if (room && room.joined) return;
+    send('joinRoom', { room: f.room });
+  }
+
+  /// Opens the direct room with a member (a signed-in user), and shows it.
+  function openDirect(member) {
+    if (!member || !member.userId) return;
+    send('openDirect', { userId: member.userId }, { directName: member.name, userInitiated: true });
+  }
+
+  /** How a room is named in the list: a direct room by the other user. */
+  function roomLabel(name) {
+    if (!name.startsWith('dm.')) return name;
+    return `@${state.directNames.get(name) || 'direct'}`;
   }
 
   /// Tells the server (and so our other tabs) that the room in view is read to its latest
@@ -937,9 +961,10 @@
     state.current = name;
     room.dom.timeline.hidden = false;
     room.unread = 0;
-    $('room-title').textContent = `# ${name}`;
+    const label = name.startsWith('dm.') ? roomLabel(name) : `# ${name}`;
+    $('room-title').textContent = label;
     $('room-title').title = name;
-    $('message-input').placeholder = `Message #${name}`;
+    $('message-input').placeholder = `Message ${name.startsWith('dm.') ? roomLabel(name) : `#${name}`}`;
     $('leave-room').disabled = false;
     $('composer').classList.remove('disabled');
     if (room.atBottom) scrollToBottom(room);
@@ -980,8 +1005,8 @@
         type: 'button', class: 'room-button', 'data-testid': 'room-button', dataset: { room: name },
         'aria-current': name === state.current ? 'true' : null,
       },
-      el('span', { class: 'room-hash', 'aria-hidden': 'true', text: name.startsWith('private.') ? '🔒' : '#' }),
-      el('span', { class: 'room-name', text: name }));
+      el('span', { class: 'room-hash', 'aria-hidden': 'true', text: name.startsWith('private.') ? '🔒' : (name.startsWith('dm.') ? '' : '#') }),
+      el('span', { class: 'room-name', text: roomLabel(name) }));
       if (room.unread > 0) {
         btn.append(el('span', {
           class: 'badge', 'data-testid': 'unread', 'aria-label': `${room.unread} unread`,
@@ -1028,7 +1053,8 @@
       return el('li', { class: mine ? 'member me' : 'member', 'data-testid': 'member', dataset: { name: member.name } },
         el('span', { class: 'avatar', 'aria-hidden': 'true', text: initial(member.name), dataset: { hue: String(hue(member.name)) } }),
         el('span', { class: 'member-name', text: member.name }),
-        mine ? el('span', { class: 'you', text: '(you)' }) : null);
+        mine ? el('span', { class: 'you', text: '(you)' }) : null,
+        !mine && member.userId && state.me.userId ? directButton(member) : null);
     }));
     // lobby: no presence event keeps its member list current; its number of connections is.
     if (Number.isInteger(room.occupancy)) {
@@ -1039,6 +1065,12 @@
     }
     paintHues(list);
     $('member-count').textContent = String(entries.length);
+  }
+
+  function directButton(member) {
+    const b = el('button', { type: 'button', class: 'tool direct', 'data-testid': 'direct-message', title: `Message ${member.name} directly`, text: 'Message' });
+    b.addEventListener('click', () => openDirect(member));
+    return b;
   }
 
   function renderTyping() {

@@ -74,6 +74,21 @@ test('two tabs of one user agree on what is unread; lobby shows how many are con
       await refusal.waitFor({ timeout: T });
       assert.match(await refusal.textContent(), /private/);
 
+      // A direct message: Alice opens it from Bob in lobby's members; it shows as "@bob" on
+      // her page and, opened for him, "@alice" on both of Bob's tabs.
+      await switchTo(alice, 'lobby');
+      const bobInMembers = alice.locator('[data-testid=member-list] [data-testid=member][data-name="bob"]');
+      await bobInMembers.locator('[data-testid=direct-message]').click();
+      const dmButton = (page, label) => page.locator('[data-testid=room-button]').filter({ hasText: label });
+      await dmButton(alice, '@bob').waitFor({ timeout: T });
+      await sendViaUi(alice, 'a word in private');
+      for (const tab of [tab1, tab2]) {
+        await dmButton(tab, '@alice').waitFor({ timeout: T });
+      }
+      const dm = await dmButton(tab1, '@alice').getAttribute('data-room');
+      assert.match(dm, /^dm\./);
+      await waitForText(tab1, dm, 'a word in private');
+
       // lobby: three connections.
       await switchTo(alice, 'lobby');
       const occupancy = alice.locator('[data-testid=occupancy]');

@@ -152,6 +152,9 @@ pub mod keys {
         sort_key.starts_with(CHANGE_PREFIX)
     }
 
+    /// A direct room's two users.
+    pub const DIRECT: &str = "~direct";
+
     /// A reader's mark: the message it read up to.
     pub fn read(reader: &str) -> String {
         format!("~read#{reader}")

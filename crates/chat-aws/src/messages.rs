@@ -35,7 +35,7 @@ use chat_core::domain::{
     MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName, StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
-use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
+use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};
@@ -83,6 +83,14 @@ struct MessageItem {
     /// Its place among the room's messages (1, 2, 3...): unread counts are differences of these.
     #[serde(default, rename = "n")]
     number: u64,
+}
+
+/// A direct room's two users, in its partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DirectItem {
+    room: String,
+    sk: String,
+    users: Vec<String>,
 }
 
 /// A reader's mark in a room: the message it read up to, and that message's number.
@@ -823,6 +831,39 @@ impl MessageStore for DynamoMessages {
                     .or(Some(*id)))
             }
             Err(e) => Err(sdk_error("PutItem", e)),
+        }
+    }
+
+    async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()> {
+        let item = DirectItem {
+            room: room.as_str().to_owned(),
+            sk: keys::DIRECT.to_owned(),
+            users: vec![users.0.clone(), users.1.clone()],
+        };
+        // The pair never changes: a second open writes the same item again.
+        let out = self
+            .db
+            .client
+            .put_item()
+            .table_name(&self.db.tables.messages)
+            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
+            .set_return_consumed_capacity(self.db.capacity())
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        self.db
+            .record("PutItem", Units::Write, out.consumed_capacity());
+        Ok(())
+    }
+
+    async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>> {
+        let Some(item) = self.get(room_key(room.as_str(), keys::DIRECT)).await? else {
+            return Ok(None);
+        };
+        let item: DirectItem = serde_dynamo::from_item(item).map_err(serde_error)?;
+        match item.users.as_slice() {
+            [a, b] => Ok(Some(DirectUsers::new(a, b))),
+            _ => Err(StoreError::new("a direct room without its two users")),
         }
     }
 

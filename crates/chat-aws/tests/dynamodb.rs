@@ -103,6 +103,19 @@ mod three_containers {
         ) -> StoreResult<chat_core::domain::ReadState> {
             self.pick().read_state(room, reader).await
         }
+        async fn open_direct(
+            &self,
+            room: &RoomName,
+            users: &chat_core::ports::DirectUsers,
+        ) -> StoreResult<()> {
+            self.pick().open_direct(room, users).await
+        }
+        async fn direct_users(
+            &self,
+            room: &RoomName,
+        ) -> StoreResult<Option<chat_core::ports::DirectUsers>> {
+            self.pick().direct_users(room).await
+        }
         async fn change(
             &self,
             room: &RoomName,

@@ -47,6 +47,16 @@ impl RoomName {
         &*self.0 == "lobby"
     }
 
+    /// (Version 2) The direct room of two users: the same whichever opens it, opaque to
+    /// clients (`dm.` and 32 hex digits of a name-based UUID of the pair).
+    pub fn direct(a: &str, b: &str) -> Self {
+        let (first, second) = if a <= b { (a, b) } else { (b, a) };
+        // The lengths first, so that no two pairs make the same bytes.
+        let key = format!("{}:{first}{}:{second}", first.len(), second.len());
+        let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes());
+        Self(format!("dm.{}", id.simple()).into())
+    }
+
     /// (Version 2) Who may enter, by the name's prefix.
     pub fn access(&self) -> RoomAccess {
         if self.0.starts_with("private.") {

@@ -16,8 +16,8 @@ use crate::domain::{
     NewMessage, Page, ReadState, RoomHead, RoomName, StoredMessage,
 };
 use crate::ports::{
-    Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, JoinOutcome, MessageStore,
-    Notifier, NotifyError, StoreResult,
+    Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, DirectUsers, JoinOutcome,
+    MessageStore, Notifier, NotifyError, StoreResult,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::{RateLimit, TokenBucket};
@@ -252,6 +252,8 @@ struct MessagesState {
     by_client_msg_id: HashMap<(RoomName, String, ClientMsgId), MessageId>,
     /// (Room, reader) → the message it read up to.
     reads: HashMap<(RoomName, String), MessageId>,
+    /// Direct room → its two users.
+    directs: HashMap<RoomName, DirectUsers>,
 }
 
 pub use crate::domain::LoggedChange;
@@ -440,6 +442,18 @@ impl MessageStore for MemoryMessages {
             .or_insert(*id);
         *mark = (*mark).max(*id);
         Ok(Some(*mark))
+    }
+
+    async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()> {
+        lock(&self.state)
+            .directs
+            .entry(room.clone())
+            .or_insert_with(|| users.clone());
+        Ok(())
+    }
+
+    async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>> {
+        Ok(lock(&self.state).directs.get(room).cloned())
     }
 
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {

@@ -49,15 +49,33 @@ impl ConnectionRecord {
     }
 
     /// Whether it may join the room: any public one; a `private.` one with a user and a grant
-    /// that covers it; no `dm.` one (direct rooms are not opened by name).
-    pub fn may_enter(&self, room: &RoomName) -> bool {
+    /// that covers it; a `dm.` one if its user is one of the room's two (`direct`: the room's
+    /// users, when it was opened).
+    pub fn may_enter(&self, room: &RoomName, direct: Option<&DirectUsers>) -> bool {
         match room.access() {
             RoomAccess::Public => true,
             RoomAccess::Private => {
                 self.member.user_id.is_some()
                     && self.grants.iter().any(|grant| grant_covers(grant, room))
             }
-            RoomAccess::Direct => false,
+            RoomAccess::Direct => match (&self.member.user_id, direct) {
+                (Some(user), Some(users)) => users.0 == *user || users.1 == *user,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The two users of a direct room, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectUsers(pub String, pub String);
+
+impl DirectUsers {
+    pub fn new(a: &str, b: &str) -> Self {
+        if a <= b {
+            Self(a.to_owned(), b.to_owned())
+        } else {
+            Self(b.to_owned(), a.to_owned())
         }
     }
 }
@@ -204,6 +222,12 @@ pub trait MessageStore: Send + Sync {
     /// messages came after it (all of the room's without a mark), counted up to at least
     /// [`MAX_UNREAD`](crate::domain::MAX_UNREAD).
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState>;
+
+    /// (Version 2) Records the two users of a direct room (the same pair again: nothing new).
+    async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()>;
+
+    /// (Version 2) The two users of a direct room, if it was opened.
+    async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>>;
 
     /// (Version 2) The message with this id in the room, as it is now (a tombstone when deleted).
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>>;

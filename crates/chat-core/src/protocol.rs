@@ -97,6 +97,7 @@ names! {
         Unreact = "unreact",
         MarkRead = "markRead",
         Rooms = "rooms",
+        OpenDirect = "openDirect",
     }
 }
 
@@ -188,6 +189,10 @@ pub enum Action {
     },
     /// (Version 2) The connection's rooms, with their unread counts and latest messages.
     Rooms,
+    /// (Version 2) Joins the direct room of this user and the one with `userId`.
+    OpenDirect {
+        user_id: String,
+    },
 }
 
 impl Action {
@@ -203,7 +208,7 @@ impl Action {
             | Self::DeleteMessage { room, .. }
             | Self::React { room, .. }
             | Self::MarkRead { room, .. } => Some(room),
-            Self::JoinRoom { .. } | Self::Ping | Self::Rooms => None,
+            Self::JoinRoom { .. } | Self::Ping | Self::Rooms | Self::OpenDirect { .. } => None,
         }
     }
 }
@@ -386,6 +391,17 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
             id: required_message_id(fields)?,
         },
         ActionName::Rooms => Action::Rooms,
+        ActionName::OpenDirect => {
+            let user_id = required_string(fields, "userId")?;
+            if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_CHARS {
+                return Err(ChatError::bad_request(format!(
+                    "userId must be 1 to {MAX_USER_ID_CHARS} characters"
+                )));
+            }
+            Action::OpenDirect {
+                user_id: user_id.to_owned(),
+            }
+        }
     })
 }
 
@@ -403,6 +419,9 @@ fn required_text(fields: &Map<String, Value>) -> Result<MessageText, ChatError> 
         ),
     })
 }
+
+/// The longest `userId` that `openDirect` takes (a token's `sub` is rarely longer than a UUID).
+const MAX_USER_ID_CHARS: usize = 256;
 
 fn required_message_id(fields: &Map<String, Value>) -> Result<MessageId, ChatError> {
     optional_message_id(fields, "id")?.ok_or_else(|| ChatError::bad_request("id is required"))
@@ -581,6 +600,12 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a RequestId>,
         rooms: &'a [RoomSummary],
+    },
+    /// (Version 2) To the other user's connections when a direct room is opened: `from` is
+    /// the user who opened it, `room` the room to join.
+    Direct {
+        room: &'a RoomName,
+        from: &'a Member,
     },
     /// (Version 2) The reply to `react` and `unreact`.
     Reacted {
@@ -959,7 +984,7 @@ mod tests {
         // routed to another action's parser shows here.
         for name in ActionName::ALL {
             let frame = format!(
-                r#"{{"action":"{name}","room":"r","text":"t","emoji":"+1","id":"0190a0f0-0000-7000-8000-000000000000"}}"#
+                r#"{{"action":"{name}","room":"r","text":"t","emoji":"+1","userId":"u","id":"0190a0f0-0000-7000-8000-000000000000"}}"#
             );
             let action = parse(&frame).unwrap().action;
             let parsed = match action {
@@ -976,6 +1001,7 @@ mod tests {
                 Action::React { add: false, .. } => ActionName::Unreact,
                 Action::MarkRead { .. } => ActionName::MarkRead,
                 Action::Rooms => ActionName::Rooms,
+                Action::OpenDirect { .. } => ActionName::OpenDirect,
             };
             assert_eq!(parsed, *name);
             assert_eq!(ActionName::from_name(name.as_str()), Some(*name));

@@ -17,8 +17,8 @@ use crate::domain::{
     Member, MessageId, NewMessage, Page, Reacted, RequestId, RoomAccess, RoomName, StoredMessage,
 };
 use crate::ports::{
-    Appended, Changed, ConnectionRecord, ConnectionStore, JoinOutcome, MessageStore, Notifier,
-    StoreError,
+    Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, JoinOutcome, MessageStore,
+    Notifier, StoreError,
 };
 use crate::protocol::{
     Action, ActionName, ChangeEvent, ChatError, ErrorCode, HistoryPage, Inbound, PageItem, Payload,
@@ -431,6 +431,9 @@ impl Chat {
                 self.mark_read(&me, request_id, room, id).await.map(Some)
             }
             Action::Rooms => self.rooms(&me, request_id).await.map(Some),
+            Action::OpenDirect { user_id } => {
+                self.open_direct(&me, request_id, user_id).await.map(Some)
+            }
         }
     }
 
@@ -583,6 +586,51 @@ impl Chat {
         }))
     }
 
+    /// `openDirect`: the direct room of this user and `other` (the same whichever opens it),
+    /// joined; the other user's connections are told, so that their clients can join it too.
+    async fn open_direct(
+        &self,
+        me: &ConnectionRecord,
+        request_id: Option<&RequestId>,
+        other: &str,
+    ) -> Result<Payload, ChatError> {
+        let Some(user_id) = &me.member.user_id else {
+            return Err(ChatError::new(
+                ErrorCode::Forbidden,
+                "direct rooms are for signed-in users: connect with a token",
+            ));
+        };
+        if user_id == other {
+            return Err(ChatError::bad_request(
+                "a direct room is of two users: userId is your own",
+            ));
+        }
+        let room = RoomName::direct(user_id, other);
+        self.messages
+            .open_direct(&room, &DirectUsers::new(user_id, other))
+            .await
+            .map_err(internal)?;
+        let joined = self
+            .join_room(me, request_id, &room, Cursor::Latest)
+            .await?;
+        // Every connection is in lobby: the other user's connections are its members there.
+        let theirs = self
+            .connections
+            .user_connections(&RoomName::lobby(), other)
+            .await
+            .map_err(internal)?;
+        let mut theirs: Vec<ConnectionId> = theirs.into_iter().filter(|id| *id != me.id).collect();
+        theirs.dedup();
+        if !theirs.is_empty() {
+            let frame = Payload::encode(&ServerFrame::Direct {
+                room: &room,
+                from: &me.member,
+            });
+            self.notifier.broadcast(&theirs, &frame).await;
+        }
+        Ok(joined)
+    }
+
     /// `rooms`: each room of the connection with its unread count and latest message, in the
     /// order joined.
     async fn rooms(
@@ -721,7 +769,11 @@ impl Chat {
         room: &RoomName,
         from: Cursor,
     ) -> Result<Payload, ChatError> {
-        if !me.may_enter(room) {
+        let direct = match room.access() {
+            RoomAccess::Direct => self.messages.direct_users(room).await.map_err(internal)?,
+            _ => None,
+        };
+        if !me.may_enter(room, direct.as_ref()) {
             return Err(ChatError::new(
                 ErrorCode::Forbidden,
                 match room.access() {
@@ -729,7 +781,7 @@ impl Chat {
                         "room {room} is private: only signed-in users with a grant may enter"
                     ),
                     RoomAccess::Private => format!("room {room} is private: you have no grant"),
-                    _ => format!("room {room} is a direct room: it is opened with openDirect"),
+                    _ => format!("room {room} is a direct room of two other users"),
                 },
             ));
         }

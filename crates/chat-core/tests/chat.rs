@@ -790,6 +790,19 @@ impl chat_core::ports::MessageStore for FailingMessages {
     ) -> chat_core::ports::StoreResult<chat_core::domain::ReadState> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
+    async fn open_direct(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &chat_core::ports::DirectUsers,
+    ) -> chat_core::ports::StoreResult<()> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+    async fn direct_users(
+        &self,
+        _: &chat_core::domain::RoomName,
+    ) -> chat_core::ports::StoreResult<Option<chat_core::ports::DirectUsers>> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
     async fn change(
         &self,
         _: &chat_core::domain::RoomName,

@@ -172,6 +172,12 @@ async fn every_route(handlers: &Handlers, recorder: &Recorder) {
     assert_eq!(rooms["rooms"][0]["last"]["id"], ack["id"]);
     let for_cat = body(&handlers.message(fixture_from("rooms.json", CAT)).await);
     assert_eq!(for_cat["rooms"][0]["unread"], 1, "{for_cat}");
+    // openDirect: for signed-in users; these connections are guests.
+    let direct = handlers.message(fixture("openDirect.json")).await;
+    assert_eq!(
+        (direct.status_code, body(&direct)["code"].clone()),
+        (403, json!("forbidden"))
+    );
     recorder.take();
     let unreacted = body(&handlers.message(naming("unreact.json", CAT)).await);
     assert_eq!(unreacted["type"], "reacted");

@@ -185,6 +185,19 @@ async fn each_function_makes_only_the_dynamodb_calls_its_role_allows() {
         let reply = message.message(naming(name, from, &id)).await;
         assert!(reply.status_code < 500, "{name}: {:?}", reply.body);
     }
+    // A signed-in user opens a direct room (its pair is stored, read back at the join).
+    let signed = "SigSSSSSSSSSSSS=";
+    assert_eq!(
+        connect
+            .connect(fixture_from("connect-authorized.json", signed))
+            .await
+            .status_code,
+        200
+    );
+    let direct = message
+        .message(fixture_from("openDirect.json", signed))
+        .await;
+    assert_eq!(body(&direct)["type"], "joined", "{:?}", direct.body);
     // A fan-out that finds a connection gone removes it (from the message function).
     recorder.notifier.mark_gone(&ConnectionId::new(CAT));
     let deleted = message

@@ -28,7 +28,7 @@ use chat_core::domain::{
     StoredMessage,
 };
 use chat_core::memory::{LoggedChange, merge_events, replay};
-use chat_core::ports::{Appended, Changed, MessageStore, StoreError, StoreResult};
+use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS changes (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS changes_by_message ON changes (room, id);
+-- Direct rooms: their two users.
+CREATE TABLE IF NOT EXISTS direct_rooms (
+    room    TEXT PRIMARY KEY,
+    user_a  TEXT NOT NULL,
+    user_b  TEXT NOT NULL
+) WITHOUT ROWID;
 -- Read state: the message each reader (a user, or a guest's connection) read up to.
 CREATE TABLE IF NOT EXISTS reads (
     room    TEXT NOT NULL,
@@ -137,6 +143,11 @@ enum WriteRequest {
         id: MessageId,
         reply: oneshot::Sender<StoreResult<Option<MessageId>>>,
     },
+    OpenDirect {
+        room: RoomName,
+        users: DirectUsers,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
 }
 
 /// A request's answer, sent once its transaction is committed.
@@ -150,6 +161,7 @@ enum Answer {
         oneshot::Sender<StoreResult<Option<MessageId>>>,
         StoreResult<Option<MessageId>>,
     ),
+    OpenDirect(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
 }
 
 impl Answer {
@@ -164,6 +176,9 @@ impl Answer {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
             Self::MarkRead(reply, result) => {
+                let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
+            }
+            Self::OpenDirect(reply, result) => {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
         }
@@ -342,6 +357,9 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                     WriteRequest::Append { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                     WriteRequest::Change { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                     WriteRequest::MarkRead { reply, .. } => drop(reply.send(Err(store_error(&e)))),
+                    WriteRequest::OpenDirect { reply, .. } => {
+                        drop(reply.send(Err(store_error(&e))))
+                    }
                 }
             }
             return;
@@ -368,6 +386,18 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                 reply,
                 mark_read_in(&tx, &room, &reader, &id).map_err(store_error),
             ),
+            WriteRequest::OpenDirect { room, users, reply } => {
+                let opened = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO direct_rooms (room, user_a, user_b) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut insert| {
+                        insert.execute(params![room.as_str(), users.0, users.1])
+                    })
+                    .map(|_| ())
+                    .map_err(store_error);
+                Answer::OpenDirect(reply, opened)
+            }
         })
         .collect();
     if let Err(e) = tx.commit() {
@@ -678,6 +708,30 @@ impl MessageStore for SqliteMessages {
         answer
             .await
             .map_err(|_| store_error("the message store writer has stopped"))?
+    }
+
+    async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(WriteRequest::OpenDirect {
+            room: room.clone(),
+            users: users.clone(),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| store_error("the message store writer has stopped"))?
+    }
+
+    async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>> {
+        let room = room.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT user_a, user_b FROM direct_rooms WHERE room = ?1")?
+                .query_row(params![room], |row| {
+                    Ok(DirectUsers(row.get(0)?, row.get(1)?))
+                })
+                .optional()
+        })
+        .await
     }
 
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {

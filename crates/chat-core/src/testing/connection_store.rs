@@ -763,15 +763,22 @@ pub async fn a_connections_grants_are_stored_with_it(factory: &dyn ConnectionSto
     store.join(&id, &room("r"), 50).await.unwrap();
     let record = store.get(&id).await.unwrap().expect("stored");
     assert_eq!(record.grants, grants);
-    assert!(record.may_enter(&room("private.team-1.general")));
-    assert!(record.may_enter(&room("private.board")));
+    assert!(record.may_enter(&room("private.team-1.general"), None));
+    assert!(record.may_enter(&room("private.board"), None));
     assert!(
-        !record.may_enter(&room("private.board-2")),
+        !record.may_enter(&room("private.board-2"), None),
         "an exact grant is exact"
     );
-    assert!(!record.may_enter(&room("private.team-2.general")));
-    assert!(!record.may_enter(&room("dm.anything")));
-    assert!(record.may_enter(&room("public-room")));
+    assert!(!record.may_enter(&room("private.team-2.general"), None));
+    assert!(!record.may_enter(&room("dm.anything"), None));
+    let ours = crate::ports::DirectUsers::new("user-ada", "user-bob");
+    let theirs = crate::ports::DirectUsers::new("user-bob", "user-cat");
+    assert!(
+        record.may_enter(&room("dm.x"), Some(&ours)),
+        "a direct room of hers"
+    );
+    assert!(!record.may_enter(&room("dm.x"), Some(&theirs)));
+    assert!(record.may_enter(&room("public-room"), None));
     let removed = store.remove(&id).await.unwrap().expect("removed");
     assert_eq!(removed.grants, grants);
 }

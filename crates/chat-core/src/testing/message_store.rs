@@ -1190,3 +1190,30 @@ pub async fn unread_counts_reach_past_what_a_frame_shows(factory: &dyn MessageSt
     let unread = store.read_state(&r, "u:bob").await.unwrap().unread;
     assert!(unread >= MAX_UNREAD, "{unread}");
 }
+
+pub async fn a_direct_room_keeps_its_two_users(factory: &dyn MessageStoreFactory) {
+    use crate::ports::DirectUsers;
+    let store = factory.fresh().await;
+    let dm = RoomName::direct("user-ada", "user-bob");
+    assert_eq!(
+        dm,
+        RoomName::direct("user-bob", "user-ada"),
+        "whoever opens it"
+    );
+    assert_ne!(dm, RoomName::direct("user-ada", "user-cat"));
+    assert_ne!(
+        RoomName::direct("a:b", "c"),
+        RoomName::direct("a", "b:c"),
+        "no two pairs make one name"
+    );
+    assert!(dm.as_str().starts_with("dm.") && dm.as_str().len() <= RoomName::MAX_LEN);
+    assert_eq!(store.direct_users(&dm).await.unwrap(), None);
+    let users = DirectUsers::new("user-bob", "user-ada");
+    store.open_direct(&dm, &users).await.unwrap();
+    store.open_direct(&dm, &users).await.unwrap();
+    assert_eq!(
+        store.direct_users(&dm).await.unwrap(),
+        Some(DirectUsers("user-ada".into(), "user-bob".into()))
+    );
+    assert_eq!(store.direct_users(&room("dm.other")).await.unwrap(), None);
+}

@@ -114,6 +114,7 @@ macro_rules! message_store_conformance {
                 a_reaction_counts_once_per_user_and_kind_and_is_an_event,
                 a_message_holds_at_most_twenty_kinds_of_reaction,
                 read_state_moves_forward_only_and_counts_the_messages_after_it,
+                a_direct_room_keeps_its_two_users,
             ]
         );
     };

@@ -109,6 +109,14 @@ fn catalogue() -> Vec<(String, &'static str, bool)> {
         (format!(r#"{{"requestId":"q","action":"markRead","id":"{uuid}"}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"markRead","room":"lobby","id":"{uuid}"}}"#), "bad_request", true),
         (format!(r#"{{"requestId":"q","action":"markRead","room":"elsewhere","id":"{uuid}"}}"#), "not_member", true),
+        // openDirect (a guest is forbidden; a malformed frame is refused before that).
+        (r#"{"requestId":"q","action":"openDirect"}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"openDirect","userId":""}"#.into(), "bad_request", true),
+        (r#"{"requestId":"q","action":"openDirect","userId":["u"]}"#.into(), "bad_request", true),
+        (format!(r#"{{"requestId":"q","action":"openDirect","userId":"{}"}}"#, long(257)), "bad_request", true),
+        (r#"{"requestId":"q","action":"openDirect","userId":"someone"}"#.into(), "forbidden", true),
+        (r#"{"requestId":"q","action":"joinRoom","room":"private.x"}"#.into(), "forbidden", true),
+        (r#"{"requestId":"q","action":"joinRoom","room":"dm.x","sinceSeq":0}"#.into(), "forbidden", true),
     ];
     // Deep nesting is refused by the JSON reader's depth limit, not by the stack.
     cases.push((
@@ -292,6 +300,7 @@ async fn mutated_frames_never_break_the_server() {
         json!({"action":"react","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000","emoji":"👍"}),
         json!({"action":"markRead","room":"lobby","id":"0190a0b0-0000-7000-8000-000000000000"}),
         json!({"action":"rooms"}),
+        json!({"action":"openDirect","userId":"someone"}),
     ];
     let alphabet: &[u8] = b"{}[]\":,\\ 0123456789.-eE+nulltruefalseabc\xc3\xa9\x00\x1f";
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;

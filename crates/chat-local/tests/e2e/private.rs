@@ -1,6 +1,5 @@
-//! Version 2's private and direct rooms, as far as a token grants them: `private.` rooms only
-//! for users whose token's `rooms` claim covers them, `dm.` rooms never by name; on both back
-//! ends.
+//! Version 2's private and direct rooms: `private.` rooms only for users whose token's `rooms`
+//! claim covers them, `dm.` rooms for their two users (`openDirect`); on both back ends.
 
 use serde_json::{Value, json};
 
@@ -94,11 +93,73 @@ async fn without_authentication_private_and_direct_rooms_are_forbidden() {
 }
 
 #[tokio::test]
-async fn a_direct_room_is_not_entered_by_its_name_even_with_a_grant() {
+async fn a_direct_room_is_not_entered_by_a_grant_or_before_it_is_opened() {
     let server = signed_server().await;
     let mut ada = connect_as(&server, "ada", json!(["dm.*", "*"])).await;
     let refused = join(&mut ada, "dm.ada.bob").await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
     // A grant of "*" covers every private room.
     assert_eq!(join(&mut ada, "private.x").await["type"], "joined");
+}
+
+#[tokio::test]
+async fn two_users_open_the_same_direct_room_from_either_side_and_a_third_cannot_enter() {
+    let server = signed_server().await;
+    let mut ada = connect_as(&server, "ada", json!([])).await;
+    let mut bob_phone = connect_as(&server, "bob", json!([])).await;
+    let mut bob_laptop = connect_as(&server, "bob", json!([])).await;
+    let mut cat = connect_as(&server, "cat", json!(["*"])).await;
+
+    let opened = ada
+        .request(json!({"action":"openDirect","userId":"bob"}))
+        .await;
+    assert_eq!(opened["type"], "joined", "{opened}");
+    let room = opened["room"].as_str().unwrap().to_owned();
+    assert!(room.starts_with("dm."), "{room}");
+    // Bob's connections are told, with who opened it.
+    for bob in [&mut bob_phone, &mut bob_laptop] {
+        let told = bob.recv_type("direct").await;
+        assert_eq!(told["room"], room.as_str());
+        assert_eq!(told["from"]["userId"], "ada");
+    }
+    // From Bob's side: the same room; he may also join it by its name.
+    let from_bob = bob_phone
+        .request(json!({"action":"openDirect","userId":"ada"}))
+        .await;
+    assert_eq!(from_bob["room"], room.as_str());
+    assert_eq!(join(&mut bob_laptop, &room).await["type"], "joined");
+    assert_eq!(ada.recv_type("direct").await["from"]["userId"], "bob");
+    ada.say(&room, "just us").await;
+    assert_eq!(bob_phone.recv_type("message").await["text"], "just us");
+    // Nobody else, whatever their grants: not by its name, and another pair is another room.
+    let refused = join(&mut cat, &room).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let theirs = cat
+        .request(json!({"action":"openDirect","userId":"ada"}))
+        .await;
+    assert_eq!(theirs["type"], "joined");
+    assert_ne!(theirs["room"], room.as_str());
+    // Bad opens.
+    let myself = ada
+        .request(json!({"action":"openDirect","userId":"ada"}))
+        .await;
+    assert_eq!(myself["code"], "bad_request", "{myself}");
+    for frame in [
+        json!({"action":"openDirect"}),
+        json!({"action":"openDirect","userId":""}),
+        json!({"action":"openDirect","userId":7}),
+    ] {
+        let refused = ada.request(frame.clone()).await;
+        assert_eq!(refused["code"], "bad_request", "{frame}: {refused}");
+    }
+}
+
+#[tokio::test]
+async fn a_guest_opens_no_direct_room() {
+    let server = TestServer::start().await;
+    let mut guest = server.client("guest").await;
+    let refused = guest
+        .request(json!({"action":"openDirect","userId":"someone"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
 }
