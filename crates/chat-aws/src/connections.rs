@@ -272,19 +272,8 @@ impl ConnectionStore for DynamoConnections {
             reaction_allowance: None,
             grants: grants.to_vec(),
         };
-        let out = self
-            .db
-            .client
-            .put_item()
-            .table_name(&self.db.tables.connections)
-            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
-            .set_return_consumed_capacity(self.db.capacity())
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        self.db
-            .record("PutItem", Units::Write, out.consumed_capacity());
-        Ok(())
+        let item = serde_dynamo::to_item(item).map_err(serde_error)?;
+        self.db.put(&self.db.tables.connections, item).await
     }
 
     async fn get(&self, id: &ConnectionId) -> StoreResult<Option<ConnectionRecord>> {

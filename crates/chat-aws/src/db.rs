@@ -55,6 +55,21 @@ impl Db {
 }
 
 impl Db {
+    /// Writes an item, whatever was there, counting what it cost.
+    pub async fn put(&self, table: &str, item: Item) -> StoreResult<()> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .set_return_consumed_capacity(self.capacity())
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", e))?;
+        self.record("PutItem", Units::Write, out.consumed_capacity());
+        Ok(())
+    }
+
     /// Runs a transaction, counting what it cost. `Ok(Err(cancelled))` when DynamoDB cancelled
     /// it (a condition failed, or another request on its items was under way: its reasons say
     /// which item), so that the caller reads again and decides again.

@@ -841,19 +841,8 @@ impl MessageStore for DynamoMessages {
             users: vec![users.0.clone(), users.1.clone()],
         };
         // The pair never changes: a second open writes the same item again.
-        let out = self
-            .db
-            .client
-            .put_item()
-            .table_name(&self.db.tables.messages)
-            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
-            .set_return_consumed_capacity(self.db.capacity())
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutItem", e))?;
-        self.db
-            .record("PutItem", Units::Write, out.consumed_capacity());
-        Ok(())
+        let item = serde_dynamo::to_item(item).map_err(serde_error)?;
+        self.db.put(&self.db.tables.messages, item).await
     }
 
     async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>> {

@@ -214,14 +214,7 @@ impl ConnectionStore for MemoryConnections {
         limit: RateLimit,
         now_ms: u64,
     ) -> StoreResult<bool> {
-        let mut state = lock(&self.state);
-        let Some(entry) = state.connections.get_mut(id) else {
-            return Ok(false);
-        };
-        let bucket = entry
-            .allowance
-            .get_or_insert_with(|| TokenBucket::full(limit, now_ms));
-        Ok(bucket.try_take(limit, now_ms))
+        Ok(self.take(id, |entry| &mut entry.allowance, limit, now_ms))
     }
 
     async fn take_reaction_allowance(
@@ -230,14 +223,26 @@ impl ConnectionStore for MemoryConnections {
         limit: RateLimit,
         now_ms: u64,
     ) -> StoreResult<bool> {
+        Ok(self.take(id, |entry| &mut entry.reaction_allowance, limit, now_ms))
+    }
+}
+
+impl MemoryConnections {
+    /// Takes a token of the connection's bucket that `which` names (full when first used).
+    fn take(
+        &self,
+        id: &ConnectionId,
+        which: fn(&mut ConnectionEntry) -> &mut Option<TokenBucket>,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> bool {
         let mut state = lock(&self.state);
         let Some(entry) = state.connections.get_mut(id) else {
-            return Ok(false);
+            return false;
         };
-        let bucket = entry
-            .reaction_allowance
-            .get_or_insert_with(|| TokenBucket::full(limit, now_ms));
-        Ok(bucket.try_take(limit, now_ms))
+        which(entry)
+            .get_or_insert_with(|| TokenBucket::full(limit, now_ms))
+            .try_take(limit, now_ms)
     }
 }
 

@@ -280,14 +280,24 @@ impl SqliteMessages {
         }
     }
 
-    /// Queues a write for the writer thread.
-    fn submit(&self, request: WriteRequest) -> StoreResult<()> {
-        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        writer
-            .as_ref()
-            .ok_or_else(|| store_error("the message store is closed"))?
-            .send(request)
-            .map_err(|_| store_error("the message store writer has stopped"))
+    /// Queues a write for the writer thread (`request` makes it around its reply channel), and
+    /// waits for its answer: after its transaction is committed.
+    async fn write<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteRequest,
+    ) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer
+                .as_ref()
+                .ok_or_else(|| store_error("the message store is closed"))?
+                .send(request(reply))
+                .map_err(|_| store_error("the message store writer has stopped"))?;
+        }
+        answer
+            .await
+            .map_err(|_| store_error("the message store writer has stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -666,19 +676,8 @@ fn read_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
 #[async_trait]
 impl MessageStore for SqliteMessages {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        let (reply, answer) = oneshot::channel();
-        {
-            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let writer = writer
-                .as_ref()
-                .ok_or_else(|| store_error("the message store is closed"))?;
-            writer
-                .send(WriteRequest::Append { message, reply })
-                .map_err(|_| store_error("the message store writer has stopped"))?;
-        }
-        answer
+        self.write(|reply| WriteRequest::Append { message, reply })
             .await
-            .map_err(|_| store_error("the message store writer has stopped"))?
     }
 
     async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64> {
@@ -698,28 +697,22 @@ impl MessageStore for SqliteMessages {
         reader: &str,
         id: &MessageId,
     ) -> StoreResult<Option<MessageId>> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(WriteRequest::MarkRead {
+        self.write(|reply| WriteRequest::MarkRead {
             room: room.clone(),
             reader: reader.to_owned(),
             id: *id,
             reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| store_error("the message store writer has stopped"))?
+        })
+        .await
     }
 
     async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(WriteRequest::OpenDirect {
+        self.write(|reply| WriteRequest::OpenDirect {
             room: room.clone(),
             users: users.clone(),
             reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| store_error("the message store writer has stopped"))?
+        })
+        .await
     }
 
     async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>> {
@@ -746,24 +739,13 @@ impl MessageStore for SqliteMessages {
         id: &MessageId,
         change: Change,
     ) -> StoreResult<Changed> {
-        let (reply, answer) = oneshot::channel();
-        {
-            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            let writer = writer
-                .as_ref()
-                .ok_or_else(|| store_error("the message store is closed"))?;
-            writer
-                .send(WriteRequest::Change {
-                    room: room.clone(),
-                    id: *id,
-                    change,
-                    reply,
-                })
-                .map_err(|_| store_error("the message store writer has stopped"))?;
-        }
-        answer
-            .await
-            .map_err(|_| store_error("the message store writer has stopped"))?
+        self.write(|reply| WriteRequest::Change {
+            room: room.clone(),
+            id: *id,
+            change,
+            reply,
+        })
+        .await
     }
 
     async fn find_by_client_msg_id(
