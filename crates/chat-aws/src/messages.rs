@@ -34,7 +34,7 @@ use chat_core::domain::{
     Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange,
     MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName, StoredMessage,
 };
-use chat_core::memory::{LoggedChange, merge_events, replay};
+use chat_core::memory::{LoggedChange, merge_events, messages_to_read, replay};
 use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
@@ -632,23 +632,12 @@ impl DynamoMessages {
             .query(room, Range::AfterSeq(seq), true, limit + 1)
             .await?;
         let (messages, changes, has_more) = merge_events(messages, changes, limit);
-        let mut now = std::collections::HashMap::new();
-        for change in changes
-            .iter()
-            .filter(|change| change.kind != LoggedKind::Delete)
-        {
-            if now.contains_key(&change.id) {
-                continue;
-            }
-            let message = match messages.iter().find(|m| m.id == change.id) {
-                Some(message) => Some(message.clone()),
-                None => MessageStore::get(self, room, &change.id).await?,
-            };
-            if let Some(message) = message {
-                now.insert(change.id, message);
-            }
+        // An edit shows its message's text now: from the page when it is there, else read.
+        let mut others = Vec::new();
+        for id in messages_to_read(&messages, &changes) {
+            others.extend(MessageStore::get(self, room, &id).await?);
         }
-        let changes = replay(room, &changes, |id| now.get(id).cloned());
+        let changes = replay(room, &changes, &messages, &others);
         Ok(Page {
             messages,
             changes,
@@ -857,14 +846,24 @@ impl MessageStore for DynamoMessages {
     }
 
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
+        Ok(self.seq_and_read_state(room, reader).await?.1)
+    }
+
+    /// One read of the head gives both the room's `seq` and its count of messages.
+    async fn seq_and_read_state(
+        &self,
+        room: &RoomName,
+        reader: &str,
+    ) -> StoreResult<(u64, ReadState)> {
         let mark = self.read_mark(room, reader).await?;
         let head = self.head(room).await?;
-        Ok(ReadState {
+        let state = ReadState {
             unread: head
                 .messages
                 .saturating_sub(mark.map_or(0, |(_, number)| number)),
             last_read: mark.map(|(id, _)| id),
-        })
+        };
+        Ok((head.seq, state))
     }
 
     async fn change(

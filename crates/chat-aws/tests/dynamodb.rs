@@ -103,6 +103,13 @@ mod three_containers {
         ) -> StoreResult<chat_core::domain::ReadState> {
             self.pick().read_state(room, reader).await
         }
+        async fn seq_and_read_state(
+            &self,
+            room: &RoomName,
+            reader: &str,
+        ) -> StoreResult<(u64, chat_core::domain::ReadState)> {
+            self.pick().seq_and_read_state(room, reader).await
+        }
         async fn open_direct(
             &self,
             room: &RoomName,

@@ -330,13 +330,14 @@ pub fn events_page(
         .copied()
         .collect();
     let (kept, changes, has_more) = merge_events(read, changes, limit);
-    let now = |id: &MessageId| {
-        messages
-            .binary_search_by_key(id, |m| m.id)
-            .ok()
-            .map(|at| messages[at].clone())
-    };
-    let changes = replay(room, &changes, now);
+    let others: Vec<StoredMessage> = messages_to_read(&kept, &changes)
+        .iter()
+        .filter_map(|id| {
+            let at = messages.binary_search_by_key(id, |m| m.id).ok()?;
+            Some(messages[at].clone())
+        })
+        .collect();
+    let changes = replay(room, &changes, &kept, &others);
     Page {
         messages: kept,
         changes,
@@ -369,13 +370,31 @@ pub fn merge_events(
     (messages, changes, has_more)
 }
 
-/// The changes as frames show them, from the state of their messages now (`now`; see
-/// [`MessageChange::replayed`]): an edit of a message deleted since is left out.
+/// The messages whose state a page's edits and changes of reactions show but that the page
+/// does not hold, each once: a store reads them as they are now, then [`replay`] shows the
+/// changes.
+pub fn messages_to_read(messages: &[StoredMessage], changes: &[LoggedChange]) -> Vec<MessageId> {
+    let mut ids: Vec<MessageId> = changes
+        .iter()
+        .filter(|change| change.kind != LoggedKind::Delete)
+        .map(|change| change.id)
+        .filter(|id| !messages.iter().any(|m| m.id == *id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The changes as frames show them, from the state of their messages now: the page's
+/// `messages`, and the `others` read for it ([`messages_to_read`]); see
+/// [`MessageChange::replayed`]. An edit of a message deleted since is left out.
 pub fn replay(
     room: &RoomName,
     changes: &[LoggedChange],
-    now: impl Fn(&MessageId) -> Option<StoredMessage>,
+    messages: &[StoredMessage],
+    others: &[StoredMessage],
 ) -> Vec<MessageChange> {
+    let now = |id: &MessageId| messages.iter().chain(others).find(|m| m.id == *id);
     changes
         .iter()
         .filter_map(|change| {
@@ -383,7 +402,7 @@ pub fn replay(
                 LoggedKind::Delete => None,
                 LoggedKind::Edit | LoggedKind::Reactions => now(&change.id),
             };
-            MessageChange::replayed(room, *change, message.as_ref())
+            MessageChange::replayed(room, *change, message)
         })
         .collect()
 }

@@ -223,6 +223,20 @@ pub trait MessageStore: Send + Sync {
     /// [`MAX_UNREAD`](crate::domain::MAX_UNREAD).
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState>;
 
+    /// (Version 2) The room's latest `seq` ([`MessageStore::latest_seq`]) and the reader's
+    /// state ([`MessageStore::read_state`]), for `joined`. A store that keeps both in one
+    /// place (DynamoDB's room head) reads it once.
+    async fn seq_and_read_state(
+        &self,
+        room: &RoomName,
+        reader: &str,
+    ) -> StoreResult<(u64, ReadState)> {
+        Ok((
+            self.latest_seq(room).await?,
+            self.read_state(room, reader).await?,
+        ))
+    }
+
     /// (Version 2) Records the two users of a direct room (the same pair again: nothing new).
     async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()>;
 

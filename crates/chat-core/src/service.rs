@@ -811,13 +811,15 @@ impl Chat {
         // reaches this connection live (it is a member now), so a client that goes on from
         // `seq`, or from the last event it holds, misses nothing.
         let read = async {
-            let seq = self.messages.latest_seq(room).await?;
+            let (seq, read_state) = self
+                .messages
+                .seq_and_read_state(room, &reader_key(me))
+                .await?;
             let page = self.messages.page(room, from, limit).await?;
             let members = self
                 .connections
                 .room_members(room, self.config.max_members_listed)
                 .await?;
-            let read_state = self.messages.read_state(room, &reader_key(me)).await?;
             Ok::<_, StoreError>((seq, page, members, read_state))
         };
         let (seq, page, members, read_state) = match read.await {

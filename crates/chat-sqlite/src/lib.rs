@@ -27,7 +27,7 @@ use chat_core::domain::{
     MessageChange, MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName,
     StoredMessage,
 };
-use chat_core::memory::{LoggedChange, merge_events, replay};
+use chat_core::memory::{LoggedChange, merge_events, messages_to_read, replay};
 use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -859,20 +859,11 @@ fn events_after(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let (messages, changes, has_more) = merge_events(messages, changes, limit);
     // An edit shows its message's text now: from the page when it is there, else read.
-    let mut now = std::collections::HashMap::new();
-    for change in changes
-        .iter()
-        .filter(|change| change.kind != LoggedKind::Delete)
-    {
-        if let Some(message) = messages.iter().find(|m| m.id == change.id) {
-            now.insert(change.id, message.clone());
-        } else if !now.contains_key(&change.id)
-            && let Some(message) = get_message(conn, room.as_str(), &change.id)?
-        {
-            now.insert(change.id, message);
-        }
+    let mut others = Vec::new();
+    for id in messages_to_read(&messages, &changes) {
+        others.extend(get_message(conn, room.as_str(), &id)?);
     }
-    let changes = replay(room, &changes, |id| now.get(id).cloned());
+    let changes = replay(room, &changes, &messages, &others);
     Ok(Page {
         messages,
         changes,

@@ -1174,6 +1174,14 @@ pub async fn read_state_moves_forward_only_and_counts_the_messages_after_it(
         }
     );
     assert_eq!(store.read_state(&r, "u:ada").await.unwrap().unread, 3);
+    // Read together (for `joined`), the same as read apart.
+    assert_eq!(
+        store.seq_and_read_state(&r, "u:ada").await.unwrap(),
+        (
+            store.latest_seq(&r).await.unwrap(),
+            store.read_state(&r, "u:ada").await.unwrap()
+        )
+    );
 }
 
 /// Not in the suite's macro (a thousand appends are slow on moto, and DynamoDB's count is a
