@@ -174,6 +174,11 @@ pub mod keys {
     pub fn read(reader: &str) -> String {
         format!("~read#{reader}")
     }
+
+    /// What the server API set for a user in the room: its grant and its ban.
+    pub fn access(user_id: &str) -> String {
+        format!("~access#{user_id}")
+    }
 }
 
 /// The key of an item in a room partition.

@@ -31,8 +31,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
-    Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange,
-    MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName, StoredMessage,
+    AccessChange, Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member,
+    MessageChange, MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName,
+    StoredMessage, UserAccess,
 };
 use chat_core::memory::{LoggedChange, merge_events, messages_to_read, replay};
 use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
@@ -49,6 +50,9 @@ const APPEND_DEADLINE: Duration = Duration::from_secs(15);
 /// its next `seq` (a container that died, or is stuck): the waiter skips that `seq`. A live
 /// writer commits within milliseconds of its turn.
 pub const STALLED_AFTER: Duration = Duration::from_secs(3);
+/// The attributes of a user's access item (`~access#<user>`): the server API's grant and ban.
+const GRANTED: &str = "granted";
+const BANNED: &str = "banned";
 /// How long a guest's read mark is kept (its connection's lifetime on API Gateway is 2 hours).
 const GUEST_MARK_LIFETIME_SECS: u64 = 3 * 3600;
 
@@ -847,6 +851,49 @@ impl MessageStore for DynamoMessages {
 
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
         Ok(self.seq_and_read_state(room, reader).await?.1)
+    }
+
+    async fn access(&self, room: &RoomName, user_id: &str) -> StoreResult<UserAccess> {
+        let Some(item) = self
+            .get(room_key(room.as_str(), keys::access(user_id)))
+            .await?
+        else {
+            return Ok(UserAccess::default());
+        };
+        let flag = |name: &str| matches!(item.get(name), Some(AttributeValue::Bool(true)));
+        Ok(UserAccess {
+            granted: flag(GRANTED),
+            banned: flag(BANNED),
+        })
+    }
+
+    /// One attribute of the user's access item, set in place (the other is left as it is).
+    async fn set_access(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+        change: AccessChange,
+    ) -> StoreResult<()> {
+        let (attribute, on) = match change {
+            AccessChange::Grant(on) => (GRANTED, on),
+            AccessChange::Ban(on) => (BANNED, on),
+        };
+        let out = self
+            .db
+            .client
+            .update_item()
+            .table_name(&self.db.tables.messages)
+            .set_key(Some(room_key(room.as_str(), keys::access(user_id))))
+            .update_expression("SET #flag = :on")
+            .expression_attribute_names("#flag", attribute)
+            .expression_attribute_values(":on", AttributeValue::Bool(on))
+            .set_return_consumed_capacity(self.db.capacity())
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateItem", e))?;
+        self.db
+            .record("UpdateItem", Units::Write, out.consumed_capacity());
+        Ok(())
     }
 
     /// One read of the head gives both the room's `seq` and its count of messages.

@@ -1,5 +1,5 @@
-//! The [`Notifier`] on API Gateway's management API: `PostToConnection` to
-//! `https://{domain}/{stage}/@connections/{id}`.
+//! The [`Notifier`] on API Gateway's management API: `PostToConnection` (and `DeleteConnection`)
+//! to `https://{domain}/{stage}/@connections/{id}`.
 //!
 //! `GoneException` (410) means the connection is gone: the core then removes it. Any other failure
 //! is logged and that one recipient misses the frame; the send itself never fails for it.
@@ -49,6 +49,25 @@ impl Notifier for ManagementNotifier {
             .post_to_connection()
             .connection_id(to.as_str())
             .data(Blob::new(payload.bytes().to_vec()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Delivery::Delivered),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_gone_exception()) => {
+                Ok(Delivery::Gone)
+            }
+            Err(e) => Err(NotifyError(DisplayErrorContext(&e).to_string())),
+        }
+    }
+
+    /// `DeleteConnection`. API Gateway closes the socket with 1000 and takes no code: its
+    /// model has only `ConnectionId` ("DeleteConnection", Amazon API Gateway Management API
+    /// Reference), and aws/aws-sdk-js#3636 asks in vain for one.
+    async fn close(&self, to: &ConnectionId) -> Result<Delivery, NotifyError> {
+        let result = self
+            .client
+            .delete_connection()
+            .connection_id(to.as_str())
             .send()
             .await;
         match result {

@@ -123,6 +123,21 @@ mod three_containers {
         ) -> StoreResult<Option<chat_core::ports::DirectUsers>> {
             self.pick().direct_users(room).await
         }
+        async fn access(
+            &self,
+            room: &RoomName,
+            user_id: &str,
+        ) -> StoreResult<chat_core::domain::UserAccess> {
+            self.pick().access(room, user_id).await
+        }
+        async fn set_access(
+            &self,
+            room: &RoomName,
+            user_id: &str,
+            change: chat_core::domain::AccessChange,
+        ) -> StoreResult<()> {
+            self.pick().set_access(room, user_id, change).await
+        }
         async fn change(
             &self,
             room: &RoomName,

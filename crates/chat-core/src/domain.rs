@@ -791,6 +791,31 @@ pub struct ReadState {
 /// The most `unread` a frame shows: past it, a client shows "999+".
 pub const MAX_UNREAD: u64 = 999;
 
+/// (Version 2) What the server API set for one user in one room: a grant (of a `private.`
+/// room) and a ban (of any room but `lobby`), each on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserAccess {
+    pub granted: bool,
+    pub banned: bool,
+}
+
+/// (Version 2) One change of a [`UserAccess`]: the other half stays as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessChange {
+    Grant(bool),
+    Ban(bool),
+}
+
+impl UserAccess {
+    pub fn with(mut self, change: AccessChange) -> Self {
+        match change {
+            AccessChange::Grant(on) => self.granted = on,
+            AccessChange::Ban(on) => self.banned = on,
+        }
+        self
+    }
+}
+
 /// A page of history, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {

@@ -15,6 +15,8 @@
 //!   server frames, serialized once.
 //! - [`ports`]: the traits the adapters implement, and the records they store.
 //! - [`service`]: [`Chat`], which runs `$connect`, `$disconnect` and every action.
+//! - [`api`]: the server API (HTTP JSON for the product's own back end), routed and answered
+//!   here, so that the local binary and the `api` Lambda function serve the same one.
 //! - [`rate_limit`]: the token bucket behind `rate_limited`.
 //! - [`memory`]: in-memory adapters: the local binary's connection store, and fakes for tests.
 //! - [`config`]: the limits, with the protocol's defaults.
@@ -22,6 +24,7 @@
 //! - `testing` (feature `testing`): the conformance suites of the ports, which every adapter's
 //!   tests run.
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod domain;

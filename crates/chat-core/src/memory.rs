@@ -12,8 +12,8 @@ use indexmap::IndexMap;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange, MessageId,
-    NewMessage, Page, ReadState, RoomHead, RoomName, StoredMessage,
+    AccessChange, Change, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member, MessageChange,
+    MessageId, NewMessage, Page, ReadState, RoomHead, RoomName, StoredMessage, UserAccess,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, Delivery, DirectUsers, JoinOutcome,
@@ -259,6 +259,8 @@ struct MessagesState {
     reads: HashMap<(RoomName, String), MessageId>,
     /// Direct room → its two users.
     directs: HashMap<RoomName, DirectUsers>,
+    /// (Room, user) → what the server API set.
+    access: HashMap<(RoomName, String), UserAccess>,
 }
 
 pub use crate::domain::LoggedChange;
@@ -480,6 +482,28 @@ impl MessageStore for MemoryMessages {
         Ok(lock(&self.state).directs.get(room).cloned())
     }
 
+    async fn access(&self, room: &RoomName, user_id: &str) -> StoreResult<UserAccess> {
+        let key = (room.clone(), user_id.to_owned());
+        Ok(lock(&self.state)
+            .access
+            .get(&key)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn set_access(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+        change: AccessChange,
+    ) -> StoreResult<()> {
+        let key = (room.clone(), user_id.to_owned());
+        let mut state = lock(&self.state);
+        let access = state.access.entry(key).or_default();
+        *access = access.with(change);
+        Ok(())
+    }
+
     async fn read_state(&self, room: &RoomName, reader: &str) -> StoreResult<ReadState> {
         let state = lock(&self.state);
         let messages = state.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
@@ -564,6 +588,7 @@ impl MessageStore for MemoryMessages {
 pub struct RecordingNotifier {
     sent: Mutex<Vec<(ConnectionId, String)>>,
     gone: Mutex<HashSet<ConnectionId>>,
+    closed: Mutex<Vec<ConnectionId>>,
 }
 
 impl RecordingNotifier {
@@ -579,6 +604,11 @@ impl RecordingNotifier {
     pub fn take(&self) -> Vec<(ConnectionId, String)> {
         std::mem::take(&mut *lock(&self.sent))
     }
+
+    /// Takes the connections closed so far, in order.
+    pub fn take_closed(&self) -> Vec<ConnectionId> {
+        std::mem::take(&mut *lock(&self.closed))
+    }
 }
 
 #[async_trait]
@@ -588,6 +618,15 @@ impl Notifier for RecordingNotifier {
             return Ok(Delivery::Gone);
         }
         lock(&self.sent).push((to.clone(), payload.to_text()));
+        Ok(Delivery::Delivered)
+    }
+
+    /// A closed connection is gone from then on.
+    async fn close(&self, to: &ConnectionId) -> Result<Delivery, NotifyError> {
+        if !lock(&self.gone).insert(to.clone()) {
+            return Ok(Delivery::Gone);
+        }
+        lock(&self.closed).push(to.clone());
         Ok(Delivery::Delivered)
     }
 }

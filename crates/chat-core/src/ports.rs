@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId, NewMessage, Page,
-    ReadState, RoomAccess, RoomName, StoredMessage,
+    AccessChange, Change, ClientMsgId, ConnectionId, Cursor, Member, MessageChange, MessageId,
+    NewMessage, Page, ReadState, RoomAccess, RoomName, StoredMessage, UserAccess,
 };
 use crate::protocol::Payload;
 use crate::rate_limit::RateLimit;
@@ -48,15 +48,29 @@ impl ConnectionRecord {
         self.rooms.contains(room)
     }
 
+    /// Whether its token grants the room: a `private.` one that a grant of its `rooms` claim
+    /// covers (never without a user).
+    pub fn token_grants(&self, room: &RoomName) -> bool {
+        self.member.user_id.is_some() && self.grants.iter().any(|grant| grant_covers(grant, room))
+    }
+
     /// Whether it may join the room: any public one; a `private.` one with a user and a grant
-    /// that covers it; a `dm.` one if its user is one of the room's two (`direct`: the room's
-    /// users, when it was opened).
-    pub fn may_enter(&self, room: &RoomName, direct: Option<&DirectUsers>) -> bool {
+    /// that covers it (its token's, or the server API's: `access`); a `dm.` one if its user is
+    /// one of the room's two (`direct`: the room's users, when it was opened). Never when the
+    /// server API banned its user (`access`: what it set for this user in this room).
+    pub fn may_enter(
+        &self,
+        room: &RoomName,
+        direct: Option<&DirectUsers>,
+        access: UserAccess,
+    ) -> bool {
+        if access.banned {
+            return false;
+        }
         match room.access() {
             RoomAccess::Public => true,
             RoomAccess::Private => {
-                self.member.user_id.is_some()
-                    && self.grants.iter().any(|grant| grant_covers(grant, room))
+                self.token_grants(room) || (self.member.user_id.is_some() && access.granted)
             }
             RoomAccess::Direct => match (&self.member.user_id, direct) {
                 (Some(user), Some(users)) => users.0 == *user || users.1 == *user,
@@ -243,6 +257,20 @@ pub trait MessageStore: Send + Sync {
     /// (Version 2) The two users of a direct room, if it was opened.
     async fn direct_users(&self, room: &RoomName) -> StoreResult<Option<DirectUsers>>;
 
+    /// (Version 2) What the server API set for the user in the room (nothing set: neither
+    /// granted nor banned). Read with strong consistency: a join reads it after it is a member,
+    /// so that a ban or revoke at the same time either sees the membership or is seen.
+    async fn access(&self, room: &RoomName, user_id: &str) -> StoreResult<UserAccess>;
+
+    /// (Version 2) Grants or revokes, bans or lifts the ban, durably; the other half of the
+    /// user's access in the room stays as it is.
+    async fn set_access(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+        change: AccessChange,
+    ) -> StoreResult<()>;
+
     /// (Version 2) The message with this id in the room, as it is now (a tombstone when deleted).
     async fn get(&self, room: &RoomName, id: &MessageId) -> StoreResult<Option<StoredMessage>>;
 
@@ -270,6 +298,10 @@ pub struct NotifyError(pub String);
 #[async_trait]
 pub trait Notifier: Send + Sync {
     async fn send(&self, to: &ConnectionId, payload: &Payload) -> Result<Delivery, NotifyError>;
+
+    /// (Version 2) Closes the connection (the server API's `DELETE .../connections`): with
+    /// 1008 where the gateway can say so, as API Gateway's `DeleteConnection` does with 1000.
+    async fn close(&self, to: &ConnectionId) -> Result<Delivery, NotifyError>;
 
     /// How many sends [`Notifier::broadcast`] runs at once by default.
     fn broadcast_concurrency(&self) -> usize {
@@ -337,6 +369,10 @@ mod tests {
             } else {
                 Delivery::Delivered
             })
+        }
+
+        async fn close(&self, _: &ConnectionId) -> Result<Delivery, NotifyError> {
+            Ok(Delivery::Delivered)
         }
 
         fn broadcast_concurrency(&self) -> usize {

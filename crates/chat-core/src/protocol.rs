@@ -406,7 +406,7 @@ fn parse_action(fields: &Map<String, Value>) -> Result<Action, ChatError> {
 }
 
 /// `text`: a message's text (sendMessage, editMessage).
-fn required_text(fields: &Map<String, Value>) -> Result<MessageText, ChatError> {
+pub(crate) fn required_text(fields: &Map<String, Value>) -> Result<MessageText, ChatError> {
     let text = required_string(fields, "text")?;
     MessageText::parse(text.to_owned()).map_err(|e| match e {
         TextError::Empty => ChatError::bad_request("text must not be empty or only whitespace"),
@@ -421,7 +421,7 @@ fn required_text(fields: &Map<String, Value>) -> Result<MessageText, ChatError> 
 }
 
 /// The longest `userId` that `openDirect` takes (a token's `sub` is rarely longer than a UUID).
-const MAX_USER_ID_CHARS: usize = 256;
+pub(crate) const MAX_USER_ID_CHARS: usize = 256;
 
 fn required_message_id(fields: &Map<String, Value>) -> Result<MessageId, ChatError> {
     optional_message_id(fields, "id")?.ok_or_else(|| ChatError::bad_request("id is required"))
@@ -435,7 +435,7 @@ fn truncate(s: &str, max_chars: usize) -> &str {
 }
 
 /// A string field that may be absent; `null` counts as absent.
-fn optional_str<'a>(
+pub(crate) fn optional_str<'a>(
     fields: &'a Map<String, Value>,
     key: &str,
 ) -> Result<Option<&'a str>, ChatError> {
@@ -446,7 +446,10 @@ fn optional_str<'a>(
     }
 }
 
-fn required_string<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str, ChatError> {
+pub(crate) fn required_string<'a>(
+    fields: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, ChatError> {
     optional_str(fields, key)?.ok_or_else(|| ChatError::bad_request(format!("{key} is required")))
 }
 
@@ -607,6 +610,12 @@ pub enum ServerFrame<'a> {
         room: &'a RoomName,
         from: &'a Member,
     },
+    /// (Version 2) To each connection of a user that the server API banned from the room, or
+    /// whose grant of it was revoked: it is no longer a member.
+    Removed {
+        room: &'a RoomName,
+        reason: RemovedReason,
+    },
     /// (Version 2) The reply to `react` and `unreact`.
     Reacted {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -631,6 +640,14 @@ pub enum ServerFrame<'a> {
     /// (Version 2) `messageUpdated` or `messageDeleted`, to the room.
     #[serde(untagged)]
     Change(ChangeEvent<'a>),
+}
+
+/// (Version 2) Why a connection was removed from a room (`removed`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovedReason {
+    Banned,
+    Revoked,
 }
 
 /// A change to a message as a frame, with its `type`: `messageUpdated` (`room`, `id`, `text`,

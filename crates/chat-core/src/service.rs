@@ -15,6 +15,7 @@ use crate::config::ChatConfig;
 use crate::domain::{
     Change, ChangeKind, ConnectionId, Cursor, DisplayName, Editor, MAX_REACTION_KINDS, MAX_UNREAD,
     Member, MessageId, NewMessage, Page, Reacted, RequestId, RoomAccess, RoomName, StoredMessage,
+    UserAccess,
 };
 use crate::ports::{
     Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, JoinOutcome, MessageStore,
@@ -141,10 +142,10 @@ impl ConnectRejection {
 /// The chat: one per process, shared by every connection.
 #[derive(Clone)]
 pub struct Chat {
-    connections: Arc<dyn ConnectionStore>,
-    messages: Arc<dyn MessageStore>,
-    notifier: Arc<dyn Notifier>,
-    config: ChatConfig,
+    pub(crate) connections: Arc<dyn ConnectionStore>,
+    pub(crate) messages: Arc<dyn MessageStore>,
+    pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) config: ChatConfig,
     clock: Clock,
 }
 
@@ -698,6 +699,21 @@ impl Chat {
         ))
     }
 
+    /// What the server API set for the connection's user in the room (nothing for a guest, or
+    /// in `lobby`).
+    pub(crate) async fn user_access(
+        &self,
+        me: &ConnectionRecord,
+        room: &RoomName,
+    ) -> Result<UserAccess, ChatError> {
+        match &me.member.user_id {
+            Some(user_id) if may_have_access_set(me, room) => {
+                self.messages.access(room, user_id).await.map_err(internal)
+            }
+            _ => Ok(UserAccess::default()),
+        }
+    }
+
     /// Takes one frame of the connection's send allowance, or refuses with `rate_limited`.
     async fn take_allowance(&self, me: &ConnectionRecord) -> Result<(), ChatError> {
         let allowed = self
@@ -726,17 +742,34 @@ impl Chat {
     ) -> Result<Payload, ChatError> {
         // A retry of a message already stored is answered with its ack, before the rate limit:
         // retries must not use up the allowance.
-        if let Some(client_msg_id) = &new.client_msg_id {
-            let earlier = self
-                .messages
-                .find_by_client_msg_id(&new.room, &new.sender.sender_key(), client_msg_id)
-                .await
-                .map_err(internal)?;
-            if let Some(earlier) = earlier {
-                return Ok(ack(request_id, &earlier));
-            }
+        if let Some(earlier) = self.earlier_send(&new).await? {
+            return Ok(ack(request_id, &earlier));
         }
         self.take_allowance(me).await?;
+        let message = self.store_and_deliver(new).await?;
+        Ok(ack(request_id, &message))
+    }
+
+    /// The message stored already for this sender's `clientMsgId` in the room, if any.
+    pub(crate) async fn earlier_send(
+        &self,
+        new: &NewMessage,
+    ) -> Result<Option<StoredMessage>, ChatError> {
+        let Some(client_msg_id) = &new.client_msg_id else {
+            return Ok(None);
+        };
+        self.messages
+            .find_by_client_msg_id(&new.room, &new.sender.sender_key(), client_msg_id)
+            .await
+            .map_err(internal)
+    }
+
+    /// Stores the message, then sends it to the room: the message as stored (the earlier one
+    /// when a concurrent retry of the same `clientMsgId` won the race).
+    pub(crate) async fn store_and_deliver(
+        &self,
+        new: NewMessage,
+    ) -> Result<StoredMessage, ChatError> {
         // Stored before anyone sees it: what was acknowledged is never lost.
         let started = std::time::Instant::now();
         let appended = self.messages.append(new).await;
@@ -747,7 +780,7 @@ impl Chat {
                 message
             }
             // A concurrent retry won the race: answer it like a retry.
-            Appended::Duplicate(earlier) => return Ok(ack(request_id, &earlier)),
+            Appended::Duplicate(earlier) => return Ok(earlier),
         };
         // Fan-out before the ack, so that a message sent after this ack reaches every member
         // after this one.
@@ -759,7 +792,7 @@ impl Chat {
                 tracing::error!(room = %message.room, error = %e, "fan-out failed after the message was stored");
             })
             .ok();
-        Ok(ack(request_id, &message))
+        Ok(message)
     }
 
     async fn join_room(
@@ -773,23 +806,30 @@ impl Chat {
             RoomAccess::Direct => self.messages.direct_users(room).await.map_err(internal)?,
             _ => None,
         };
-        if !me.may_enter(room, direct.as_ref()) {
-            return Err(ChatError::new(
-                ErrorCode::Forbidden,
-                match room.access() {
-                    RoomAccess::Private if me.member.user_id.is_none() => format!(
-                        "room {room} is private: only signed-in users with a grant may enter"
-                    ),
-                    RoomAccess::Private => format!("room {room} is private: you have no grant"),
-                    _ => format!("room {room} is a direct room of two other users"),
-                },
-            ));
+        let access = self.user_access(me, room).await?;
+        if !me.may_enter(room, direct.as_ref(), access) {
+            return Err(refused_entry(me, room, access));
         }
         let outcome = self
             .connections
             .join(&me.id, room, self.config.max_rooms_per_connection)
             .await
             .map_err(internal)?;
+        // Read again now that it is a member: a ban or revoke meanwhile either removed this
+        // membership (it came after the join) or shows here (it came before this read).
+        if outcome == JoinOutcome::Joined && may_have_access_set(me, room) {
+            let now = match self.user_access(me, room).await {
+                Ok(now) => now,
+                Err(e) => {
+                    let _ = self.connections.leave(&me.id, room).await;
+                    return Err(e);
+                }
+            };
+            if !me.may_enter(room, direct.as_ref(), now) {
+                let _ = self.connections.leave(&me.id, room).await;
+                return Err(refused_entry(me, room, now));
+            }
+        }
         match outcome {
             JoinOutcome::Joined | JoinOutcome::AlreadyMember => {}
             JoinOutcome::LimitExceeded => {
@@ -899,7 +939,7 @@ impl Chat {
 
     /// Serializes the frame once and sends it to every connection in the room (but `except`).
     /// Connections found gone are removed.
-    async fn notify_room(
+    pub(crate) async fn notify_room(
         &self,
         room: &RoomName,
         except: Option<&ConnectionId>,
@@ -1000,6 +1040,26 @@ fn fit_reply(
             }
         }
     }
+}
+
+/// Whether the server API may have set anything for this connection in this room: it sets
+/// grants and bans for users, never in `lobby`.
+fn may_have_access_set(me: &ConnectionRecord, room: &RoomName) -> bool {
+    me.member.user_id.is_some() && !room.is_lobby()
+}
+
+/// The `forbidden` of a `joinRoom` that [`ConnectionRecord::may_enter`] refused.
+fn refused_entry(me: &ConnectionRecord, room: &RoomName, access: UserAccess) -> ChatError {
+    let message = match room.access() {
+        _ if access.banned => format!("you are banned from room {room}"),
+        RoomAccess::Private if me.member.user_id.is_none() => {
+            format!("room {room} is private: only signed-in users with a grant may enter")
+        }
+        RoomAccess::Private => format!("room {room} is private: you have no grant"),
+        RoomAccess::Direct => format!("room {room} is a direct room of two other users"),
+        RoomAccess::Public => format!("you may not enter room {room}"),
+    };
+    ChatError::new(ErrorCode::Forbidden, message)
 }
 
 /// Whose read state a connection reads and writes: its user's, or without one its own.

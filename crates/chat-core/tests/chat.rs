@@ -797,6 +797,21 @@ impl chat_core::ports::MessageStore for FailingMessages {
     ) -> chat_core::ports::StoreResult<()> {
         Err(chat_core::ports::StoreError::new("disk on fire"))
     }
+    async fn access(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &str,
+    ) -> chat_core::ports::StoreResult<chat_core::domain::UserAccess> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
+    async fn set_access(
+        &self,
+        _: &chat_core::domain::RoomName,
+        _: &str,
+        _: chat_core::domain::AccessChange,
+    ) -> chat_core::ports::StoreResult<()> {
+        Err(chat_core::ports::StoreError::new("disk on fire"))
+    }
     async fn direct_users(
         &self,
         _: &chat_core::domain::RoomName,

@@ -201,6 +201,26 @@ impl Handlers {
         .await
     }
 
+    /// The management endpoint when it does not come from events (`APIGW_MANAGEMENT_ENDPOINT`):
+    /// the `api` function's events name the HTTP API, not the WebSocket API.
+    pub(crate) fn management_endpoint_for_api(&self) -> Option<String> {
+        match &self.endpoint {
+            ManagementEndpoint::Fixed(url) => Some(url.clone()),
+            ManagementEndpoint::FromEvent { .. } => None,
+        }
+    }
+
+    /// A chat that notifies through `endpoint`.
+    pub(crate) fn chat_for_endpoint(&self, endpoint: &str) -> Chat {
+        Chat::new(
+            self.connections.clone(),
+            self.messages.clone(),
+            self.notifiers.for_endpoint(endpoint),
+            self.chat.clone(),
+        )
+        .with_clock(self.clock.clone())
+    }
+
     /// The connection id and a chat that notifies the event's API.
     fn prepare(
         &self,
@@ -216,14 +236,7 @@ impl Handlers {
             .endpoint
             .resolve(context.domain_name.as_deref(), context.stage.as_deref())
             .ok_or(Failure::NoEndpoint)?;
-        let chat = Chat::new(
-            self.connections.clone(),
-            self.messages.clone(),
-            self.notifiers.for_endpoint(&endpoint),
-            self.chat.clone(),
-        )
-        .with_clock(self.clock.clone());
-        Ok((id, chat))
+        Ok((id, self.chat_for_endpoint(&endpoint)))
     }
 }
 

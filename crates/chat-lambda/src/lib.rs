@@ -14,9 +14,11 @@
 //! - [`authorizer`]: [`Authorizer`]: the token check, with keys from a secret or a JWKS URL.
 //! - [`config`]: the configuration, from the environment, read once per container.
 //! - [`handlers`]: [`Handlers`]: `$connect`, `$disconnect`, and every other route (`message`).
+//! - [`api`]: the `api` function: the server API on an HTTP API's events (payload 2.0).
 //! - [`emf`]: the chat's counters as CloudWatch Embedded Metric Format log lines.
 //! - [`runtime`]: the `lambda_runtime` loop and JSON logs that the thin `main`s in `src/bin` run.
 
+pub mod api;
 pub mod authorizer;
 pub mod config;
 pub mod emf;
@@ -26,8 +28,9 @@ pub mod runtime;
 pub use authorizer::{Authorizer, AuthorizerConfig, Denied};
 pub use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
-    ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+    ApiGatewayProxyResponse, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
+    ApiGatewayWebsocketProxyRequest,
 };
 pub use config::{Config, ManagementEndpoint};
 pub use handlers::{FixedNotifier, Handlers, Notifiers};
-pub use runtime::{Route, run, run_authorizer};
+pub use runtime::{Route, run, run_api, run_authorizer};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
 use aws_lambda_events::apigw::{
-    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest,
     ApiGatewayWebsocketProxyRequest,
 };
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -85,6 +85,34 @@ pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
                     invoke(&handlers, route, event.payload, &recorder, &namespace).await;
                 // EMF documents are log lines of their own: CloudWatch reads the metrics off them.
                 for line in lines {
+                    println!("{line}");
+                }
+                Ok::<_, lambda_runtime::Error>(response)
+            }
+        },
+    ))
+    .await
+}
+
+/// The body of the `api` function's `main`: the server API, on an HTTP API's events.
+pub async fn run_api() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let config = Config::from_env()?;
+    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
+    let recorder = EmfRecorder::default();
+    if metrics::set_global_recorder(recorder.clone()).is_err() {
+        tracing::warn!("a metrics recorder is installed already: no EMF metrics");
+    }
+    let namespace: Arc<str> = config.metrics_namespace.clone().into();
+    tracing::info!(tables = ?config.tables, "api function ready");
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+            let (handlers, recorder, namespace) =
+                (handlers.clone(), recorder.clone(), namespace.clone());
+            async move {
+                let response = handlers.api(event.payload).await;
+                for line in recorder.flush(&namespace, "api", chat_core::clock::now_ms()) {
                     println!("{line}");
                 }
                 Ok::<_, lambda_runtime::Error>(response)

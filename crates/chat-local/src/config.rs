@@ -117,6 +117,11 @@ pub struct Settings {
     #[arg(long, env = "CHAT_LAMBDA_CLOCK_SKEW_MS", default_value_t = 0)]
     pub lambda_clock_skew_ms: u64,
 
+    /// The server API's key (`/api/...` on this port, with `Authorization: Bearer KEY`). Unset,
+    /// the server API is off and answers 404.
+    #[arg(long, env = "CHAT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     #[command(flatten)]
     pub auth: AuthSettings,
 
@@ -142,6 +147,8 @@ fn parse_stage(s: &str) -> Result<String, String> {
     } else if s == "metrics" {
         // GET /metrics is the Prometheus scrape, on the same port.
         Err("the stage cannot be `metrics`: /metrics is the metrics endpoint".into())
+    } else if s == "api" {
+        Err("the stage cannot be `api`: /api/... is the server API".into())
     } else {
         Ok(s.to_owned())
     }
@@ -210,5 +217,6 @@ mod tests {
         assert!(parse_stage("a/b").is_err());
         assert!(parse_stage(&"s".repeat(129)).is_err());
         assert!(parse_stage("metrics").is_err());
+        assert!(parse_stage("api").is_err());
     }
 }

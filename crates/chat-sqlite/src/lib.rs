@@ -23,9 +23,9 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use chat_core::clock::now_ms;
 use chat_core::domain::{
-    Change, ClientMsgId, ConnectionId, Cursor, DisplayName, LoggedKind, MAX_UNREAD, Member,
-    MessageChange, MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName,
-    StoredMessage,
+    AccessChange, Change, ClientMsgId, ConnectionId, Cursor, DisplayName, LoggedKind, MAX_UNREAD,
+    Member, MessageChange, MessageId, NewMessage, Page, Reactions, ReadState, RoomHead, RoomName,
+    StoredMessage, UserAccess,
 };
 use chat_core::memory::{LoggedChange, merge_events, messages_to_read, replay};
 use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
@@ -39,8 +39,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// WAL pages past which the writer checkpoints by itself (SQLite's default is 1,000).
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
 
-/// The schema of version 3. Files of versions 1 (no `seq`) and 2 (no changes) are migrated by
-/// [`migrate`].
+/// The schema of version 4. Files of versions 1 (no `seq`) and 2 (no changes) are migrated by
+/// [`migrate`]; version 3 lacked only the `access` table, which this creates.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
     room           TEXT NOT NULL,
@@ -85,7 +85,15 @@ CREATE TABLE IF NOT EXISTS reads (
     id      TEXT NOT NULL,
     PRIMARY KEY (room, reader)
 ) WITHOUT ROWID;
-PRAGMA user_version = 3;
+-- The server API's grants (of private. rooms) and bans, per room and user.
+CREATE TABLE IF NOT EXISTS access (
+    room    TEXT NOT NULL,
+    user    TEXT NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,
+    banned  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+PRAGMA user_version = 4;
 ";
 
 /// Version 1 had no `seq`: each room's messages are numbered in id order, which was the order
@@ -143,9 +151,11 @@ enum WriteRequest {
         id: MessageId,
         reply: oneshot::Sender<StoreResult<Option<MessageId>>>,
     },
-    OpenDirect {
-        room: RoomName,
-        users: DirectUsers,
+    /// A statement in the batch's transaction that answers nothing but done (opening a direct
+    /// room, setting a user's access).
+    Execute {
+        sql: &'static str,
+        params: Vec<String>,
         reply: oneshot::Sender<StoreResult<()>>,
     },
 }
@@ -161,7 +171,7 @@ enum Answer {
         oneshot::Sender<StoreResult<Option<MessageId>>>,
         StoreResult<Option<MessageId>>,
     ),
-    OpenDirect(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
+    Execute(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
 }
 
 impl Answer {
@@ -178,7 +188,7 @@ impl Answer {
             Self::MarkRead(reply, result) => {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
-            Self::OpenDirect(reply, result) => {
+            Self::Execute(reply, result) => {
                 let _ = reply.send(error.map_or(result, |e| Err(store_error(e))));
             }
         }
@@ -367,9 +377,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                     WriteRequest::Append { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                     WriteRequest::Change { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                     WriteRequest::MarkRead { reply, .. } => drop(reply.send(Err(store_error(&e)))),
-                    WriteRequest::OpenDirect { reply, .. } => {
-                        drop(reply.send(Err(store_error(&e))))
-                    }
+                    WriteRequest::Execute { reply, .. } => drop(reply.send(Err(store_error(&e)))),
                 }
             }
             return;
@@ -396,17 +404,15 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
                 reply,
                 mark_read_in(&tx, &room, &reader, &id).map_err(store_error),
             ),
-            WriteRequest::OpenDirect { room, users, reply } => {
-                let opened = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO direct_rooms (room, user_a, user_b) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut insert| {
-                        insert.execute(params![room.as_str(), users.0, users.1])
+            WriteRequest::Execute { sql, params, reply } => {
+                let done = tx
+                    .prepare_cached(sql)
+                    .and_then(|mut statement| {
+                        statement.execute(rusqlite::params_from_iter(params.iter()))
                     })
                     .map(|_| ())
                     .map_err(store_error);
-                Answer::OpenDirect(reply, opened)
+                Answer::Execute(reply, done)
             }
         })
         .collect();
@@ -707,9 +713,9 @@ impl MessageStore for SqliteMessages {
     }
 
     async fn open_direct(&self, room: &RoomName, users: &DirectUsers) -> StoreResult<()> {
-        self.write(|reply| WriteRequest::OpenDirect {
-            room: room.clone(),
-            users: users.clone(),
+        self.write(|reply| WriteRequest::Execute {
+            sql: "INSERT OR IGNORE INTO direct_rooms (room, user_a, user_b) VALUES (?1, ?2, ?3)",
+            params: vec![room.as_str().into(), users.0.clone(), users.1.clone()],
             reply,
         })
         .await
@@ -723,6 +729,52 @@ impl MessageStore for SqliteMessages {
                     Ok(DirectUsers(row.get(0)?, row.get(1)?))
                 })
                 .optional()
+        })
+        .await
+    }
+
+    async fn access(&self, room: &RoomName, user_id: &str) -> StoreResult<UserAccess> {
+        let (room, user_id) = (room.as_str().to_owned(), user_id.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT granted, banned FROM access WHERE room = ?1 AND user = ?2")?
+                .query_row(params![room, user_id], |row| {
+                    Ok(UserAccess {
+                        granted: row.get(0)?,
+                        banned: row.get(1)?,
+                    })
+                })
+                .optional()
+                .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
+    async fn set_access(
+        &self,
+        room: &RoomName,
+        user_id: &str,
+        change: AccessChange,
+    ) -> StoreResult<()> {
+        // One column changes; the other keeps its value (0 for a row made now).
+        let sql = match change {
+            AccessChange::Grant(_) => {
+                "INSERT INTO access (room, user, granted) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (room, user) DO UPDATE SET granted = excluded.granted"
+            }
+            AccessChange::Ban(_) => {
+                "INSERT INTO access (room, user, banned) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (room, user) DO UPDATE SET banned = excluded.banned"
+            }
+        };
+        let on = matches!(change, AccessChange::Grant(true) | AccessChange::Ban(true));
+        self.write(|reply| WriteRequest::Execute {
+            sql,
+            params: vec![
+                room.as_str().into(),
+                user_id.into(),
+                u8::from(on).to_string(),
+            ],
+            reply,
         })
         .await
     }

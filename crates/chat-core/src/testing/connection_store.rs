@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::fixtures::{CONNECTED_AT_MS, connect, guest, names, room, user};
-use crate::domain::{ConnectionId, Member, RoomName};
+use crate::domain::{AccessChange, ConnectionId, Member, RoomName, UserAccess};
 use crate::ports::{ConnectionRecord, ConnectionStore, JoinOutcome};
 use crate::rate_limit::RateLimit;
 
@@ -763,22 +763,31 @@ pub async fn a_connections_grants_are_stored_with_it(factory: &dyn ConnectionSto
     store.join(&id, &room("r"), 50).await.unwrap();
     let record = store.get(&id).await.unwrap().expect("stored");
     assert_eq!(record.grants, grants);
-    assert!(record.may_enter(&room("private.team-1.general"), None));
-    assert!(record.may_enter(&room("private.board"), None));
+    assert!(record.may_enter(&room("private.team-1.general"), None, UserAccess::default()));
+    assert!(record.may_enter(&room("private.board"), None, UserAccess::default()));
     assert!(
-        !record.may_enter(&room("private.board-2"), None),
+        !record.may_enter(&room("private.board-2"), None, UserAccess::default()),
         "an exact grant is exact"
     );
-    assert!(!record.may_enter(&room("private.team-2.general"), None));
-    assert!(!record.may_enter(&room("dm.anything"), None));
+    assert!(!record.may_enter(&room("private.team-2.general"), None, UserAccess::default()));
+    assert!(!record.may_enter(&room("dm.anything"), None, UserAccess::default()));
     let ours = crate::ports::DirectUsers::new("user-ada", "user-bob");
     let theirs = crate::ports::DirectUsers::new("user-bob", "user-cat");
     assert!(
-        record.may_enter(&room("dm.x"), Some(&ours)),
+        record.may_enter(&room("dm.x"), Some(&ours), UserAccess::default()),
         "a direct room of hers"
     );
-    assert!(!record.may_enter(&room("dm.x"), Some(&theirs)));
-    assert!(record.may_enter(&room("public-room"), None));
+    assert!(!record.may_enter(&room("dm.x"), Some(&theirs), UserAccess::default()));
+    assert!(record.may_enter(&room("public-room"), None, UserAccess::default()));
+    // The server API's grant opens a private room the token does not cover; its ban closes
+    // every room, whatever grants the user has.
+    let granted = UserAccess::default().with(AccessChange::Grant(true));
+    let banned = granted.with(AccessChange::Ban(true));
+    assert!(record.may_enter(&room("private.team-2.general"), None, granted));
+    assert!(!record.may_enter(&room("private.team-2.general"), None, banned));
+    assert!(!record.may_enter(&room("private.team-1.general"), None, banned));
+    assert!(!record.may_enter(&room("public-room"), None, banned));
+    assert!(!record.may_enter(&room("dm.x"), Some(&ours), banned));
     let removed = store.remove(&id).await.unwrap().expect("removed");
     assert_eq!(removed.grants, grants);
 }

@@ -1225,3 +1225,67 @@ pub async fn a_direct_room_keeps_its_two_users(factory: &dyn MessageStoreFactory
     );
     assert_eq!(store.direct_users(&room("dm.other")).await.unwrap(), None);
 }
+
+pub async fn grants_and_bans_are_kept_per_room_and_user_each_apart(
+    factory: &dyn MessageStoreFactory,
+) {
+    use crate::domain::{AccessChange, UserAccess};
+    let store = factory.fresh().await;
+    let (team, other) = (room("private.team"), room("private.other"));
+    assert_eq!(
+        store.access(&team, "user-ada").await.unwrap(),
+        UserAccess::default(),
+        "nothing set: neither granted nor banned"
+    );
+    store
+        .set_access(&team, "user-ada", AccessChange::Grant(true))
+        .await
+        .unwrap();
+    store
+        .set_access(&team, "user-ada", AccessChange::Ban(true))
+        .await
+        .unwrap();
+    let both = UserAccess {
+        granted: true,
+        banned: true,
+    };
+    assert_eq!(store.access(&team, "user-ada").await.unwrap(), both);
+    // Each half changes alone, and a repeat changes nothing.
+    store
+        .set_access(&team, "user-ada", AccessChange::Ban(false))
+        .await
+        .unwrap();
+    store
+        .set_access(&team, "user-ada", AccessChange::Ban(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.access(&team, "user-ada").await.unwrap(),
+        UserAccess {
+            granted: true,
+            banned: false
+        }
+    );
+    store
+        .set_access(&team, "user-ada", AccessChange::Grant(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.access(&team, "user-ada").await.unwrap(),
+        UserAccess::default()
+    );
+    // Another room, another user: untouched.
+    store
+        .set_access(&other, "user-bob", AccessChange::Grant(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.access(&other, "user-ada").await.unwrap(),
+        UserAccess::default()
+    );
+    assert_eq!(
+        store.access(&team, "user-bob").await.unwrap(),
+        UserAccess::default()
+    );
+    assert!(store.access(&other, "user-bob").await.unwrap().granted);
+}

@@ -115,6 +115,7 @@ macro_rules! message_store_conformance {
                 a_message_holds_at_most_twenty_kinds_of_reaction,
                 read_state_moves_forward_only_and_counts_the_messages_after_it,
                 a_direct_room_keeps_its_two_users,
+                grants_and_bans_are_kept_per_room_and_user_each_apart,
             ]
         );
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use chat_auth::Verifier;
+use chat_core::api::ApiResponse;
 use chat_core::domain::ConnectionId;
 use chat_core::memory::MemoryConnections;
 use chat_core::ports::{Delivery, Notifier, NotifyError};
@@ -16,8 +17,10 @@ use chat_sqlite::SqliteMessages;
 use serde_json::{Map, Value};
 
 use crate::config::Settings;
+use crate::gateway::registry::close_code;
 use crate::gateway::{
-    Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Outbox, Posted, Refusal,
+    Accepted, ApiCall, Backend, Closed, Connection, Handshake, IntegrationError, Outbox, Posted,
+    Refusal,
 };
 
 /// The chat core with the embedded store.
@@ -106,6 +109,10 @@ impl Backend for Embedded {
         self.chat.disconnect(&connection.id).await;
     }
 
+    async fn api(&self, call: &ApiCall) -> ApiResponse {
+        self.chat.serve_api(call.request()).await
+    }
+
     async fn shutdown(&self) {
         let messages = self.messages.clone();
         // Joining the writer thread blocks; keep it off the async workers.
@@ -128,6 +135,18 @@ fn to_text(payload: &Payload) -> Result<Utf8Bytes, NotifyError> {
 impl Notifier for LocalNotifier {
     async fn send(&self, to: &ConnectionId, payload: &Payload) -> Result<Delivery, NotifyError> {
         Ok(match self.outbox.post(to, to_text(payload)?) {
+            Posted::Queued => Delivery::Delivered,
+            Posted::Gone => Delivery::Gone,
+        })
+    }
+
+    /// 1008 (policy violation), as PROTOCOL.md's server API says; on the Lambda path API
+    /// Gateway's `DeleteConnection` can only close with 1000.
+    async fn close(&self, to: &ConnectionId) -> Result<Delivery, NotifyError> {
+        let closed = self
+            .outbox
+            .close(to, close_code::POLICY, "closed by the server API");
+        Ok(match closed {
             Posted::Queued => Delivery::Delivered,
             Posted::Gone => Delivery::Gone,
         })

@@ -13,7 +13,7 @@ use chat_core::domain::ConnectionId;
 use chat_core::protocol::{Inbound, route_key};
 use serde_json::{Map, Value, json};
 
-use crate::gateway::{Closed, Connection, Handshake};
+use crate::gateway::{ApiCall, Closed, Connection, Handshake};
 
 /// The API id the local events carry.
 pub const API_ID: &str = "local";
@@ -186,6 +186,107 @@ impl Api {
             "isBase64Encoded": false,
         })
     }
+}
+
+/// The route of the server API in `template.yaml`'s HTTP API: every method under `/api/`.
+pub const SERVER_API_ROUTE: &str = "ANY /api/{proxy+}";
+
+/// The IAM caller the local HTTP API events name: API Gateway puts the signer of the request in
+/// `requestContext.authorizer.iam`; locally the caller showed the server's bearer key instead.
+const LOCAL_CALLER: &str = "local-api-key";
+
+/// A server API call as an HTTP API's Lambda proxy integration receives it (payload format
+/// 2.0, "Working with AWS Lambda proxy integrations for HTTP APIs", API Gateway Developer
+/// Guide): repeated headers and query parameters joined with commas, cookies apart, the route
+/// `ANY /api/{proxy+}` with its `proxy` path parameter, the body as text (JSON is not binary).
+pub fn http_api(call: &ApiCall, domain: &str) -> Value {
+    let now = now_ms();
+    let (path, query) = call
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((call.path_and_query.as_str(), ""));
+    let mut headers = Map::new();
+    let mut cookies = Vec::new();
+    for (name, value) in &call.headers {
+        if name == "cookie" {
+            cookies.extend(
+                value
+                    .split(';')
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty()),
+            );
+            continue;
+        }
+        match headers.get_mut(name) {
+            Some(Value::String(joined)) => {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            _ => {
+                headers.insert(name.clone(), json!(value));
+            }
+        }
+    }
+    let mut parameters = Map::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match parameters.get_mut(name.as_ref()) {
+            Some(Value::String(joined)) => {
+                joined.push(',');
+                joined.push_str(&value);
+            }
+            _ => {
+                parameters.insert(name.into_owned(), json!(value));
+            }
+        }
+    }
+    let proxy = path.strip_prefix("/api/").unwrap_or_default();
+    let request_id = ConnectionId::random();
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": SERVER_API_ROUTE,
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": API_ID,
+            "authorizer": {
+                "iam": {
+                    "accessKey": LOCAL_CALLER,
+                    "accountId": "000000000000",
+                    "callerId": LOCAL_CALLER,
+                    "cognitoIdentity": null,
+                    "principalOrgId": null,
+                    "userArn": format!("arn:aws:iam::000000000000:user/{LOCAL_CALLER}"),
+                    "userId": LOCAL_CALLER,
+                }
+            },
+            "domainName": domain,
+            "domainPrefix": domain.split('.').next().unwrap_or(domain),
+            "http": {
+                "method": call.method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": call.source_ip.to_string(),
+                "userAgent": call.user_agent.clone().unwrap_or_default(),
+            },
+            "requestId": request_id.as_str(),
+            "routeKey": SERVER_API_ROUTE,
+            "stage": "$default",
+            "time": request_time(now),
+            "timeEpoch": now,
+        },
+        "pathParameters": { "proxy": proxy },
+        "body": String::from_utf8_lossy(&call.body),
+        "isBase64Encoded": false,
+    });
+    if !parameters.is_empty() {
+        event["queryStringParameters"] = Value::Object(parameters);
+    }
+    if !cookies.is_empty() {
+        event["cookies"] = json!(cookies);
+    }
+    event
 }
 
 /// A header name as browsers write it (`Sec-WebSocket-Key`, `User-Agent`). API Gateway passes
@@ -427,6 +528,41 @@ mod tests {
         assert_has(&ours, &CONTEXT_FIELDS, "$disconnect");
         assert_eq!(ours["requestContext"]["disconnectStatusCode"], 1001);
         assert_eq!(ours["requestContext"]["disconnectReason"], "going away");
+    }
+
+    #[test]
+    fn the_server_api_event_has_the_fields_and_types_of_aws_sample() {
+        let call = ApiCall {
+            method: "PUT".into(),
+            path_and_query: "/api/rooms/private.a/grants/u%7C1?x=1&x=2".into(),
+            headers: vec![
+                ("host".into(), "127.0.0.1:8080".into()),
+                ("x-tag".into(), "a".into()),
+                ("x-tag".into(), "b".into()),
+                ("cookie".into(), "c1=1; c2=2".into()),
+            ],
+            body: bytes::Bytes::from_static(b"{}"),
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_agent: Some("curl/8".into()),
+        };
+        let ours = http_api(&call, "127.0.0.1:8080");
+        let aws = aws_fixture("example-apigw-v2-request-iam.json");
+        let mut compared = Vec::new();
+        same_shape(&aws, &ours, "", &mut compared);
+        assert!(compared.len() > 20, "{compared:?}");
+        assert_eq!(ours["rawPath"], "/api/rooms/private.a/grants/u%7C1");
+        assert_eq!(ours["rawQueryString"], "x=1&x=2");
+        assert_eq!(ours["queryStringParameters"]["x"], "1,2");
+        assert_eq!(ours["headers"]["x-tag"], "a,b");
+        assert_eq!(ours["cookies"], json!(["c1=1", "c2=2"]));
+        assert_eq!(ours["requestContext"]["http"]["method"], "PUT");
+        assert_eq!(
+            ours["pathParameters"]["proxy"],
+            "rooms/private.a/grants/u%7C1"
+        );
+        let request: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
+            serde_json::from_value(ours).expect("the runtime reads it");
+        assert!(request.request_context.authorizer.unwrap().iam.is_some());
     }
 
     #[test]

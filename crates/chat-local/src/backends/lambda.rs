@@ -26,9 +26,10 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::encodings::Body;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
+use chat_core::api::ApiResponse;
 use chat_core::protocol::{Inbound, Payload};
 use chat_lambda::{
-    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest,
     ApiGatewayWebsocketProxyRequest, Authorizer, Config, Denied, Handlers, ManagementEndpoint,
 };
 use serde_json::{Map, Value, json};
@@ -36,7 +37,9 @@ use serde_json::{Map, Value, json};
 use super::events::Api;
 use super::policy;
 use crate::config::Settings;
-use crate::gateway::{Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal};
+use crate::gateway::{
+    Accepted, ApiCall, Backend, Closed, Connection, Handshake, IntegrationError, Refusal,
+};
 
 /// The SDK's configuration from the environment (as on Lambda), with `us-east-1` when no region
 /// is set: a local DynamoDB does not care, and the SDK refuses to sign without one.
@@ -121,6 +124,10 @@ fn container_clock(n: usize, skew_ms: u64) -> chat_core::clock::Clock {
 /// The Lambda handlers behind the local gateway.
 pub struct LambdaBackend {
     containers: Containers,
+    /// The `api` function's containers (the server API): a function of its own on AWS, whose
+    /// management endpoint is configured (`APIGW_MANAGEMENT_ENDPOINT`), since its events name
+    /// the HTTP API and not the WebSocket API.
+    api_containers: Containers,
     /// The `$connect` authorizer, when authentication is on.
     authorizer: Option<Authorizer>,
     /// The API the events name: this gateway, so that the handlers post back to it.
@@ -175,9 +182,21 @@ impl LambdaBackend {
             "Lambda mode: the Lambda handlers on DynamoDB"
         );
         let (sdk, skew) = (sdk.clone(), settings.lambda_clock_skew_ms);
+        let api_config = Config {
+            management_endpoint: ManagementEndpoint::Fixed(format!(
+                "http://{}/{}",
+                loopback(addr),
+                settings.stage
+            )),
+            ..config.clone()
+        };
+        let api_sdk = sdk.clone();
         Ok(Self {
             containers: Containers::new(move |n| {
                 Handlers::on_aws_with_clock(&sdk, &config, container_clock(n, skew))
+            }),
+            api_containers: Containers::new(move |n| {
+                Handlers::on_aws_with_clock(&api_sdk, &api_config, container_clock(n, skew))
             }),
             authorizer,
             api: Api {
@@ -337,6 +356,32 @@ impl Backend for LambdaBackend {
         }
     }
 
+    /// The `api` function on the HTTP API's event; its `statusCode` and `body` are the
+    /// response, as an HTTP API sends a payload 2.0 function's answer.
+    async fn api(&self, call: &ApiCall) -> ApiResponse {
+        let event = super::events::http_api(call, &self.api.domain);
+        let event: ApiGatewayV2httpRequest = match serde_json::from_value(event) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, "an api event that the handler cannot read");
+                return ApiResponse {
+                    status: 500,
+                    body: Some(json!({"message": "Internal Server Error"}).to_string()),
+                };
+            }
+        };
+        let response = self.api_containers.take().api(event).await;
+        let body = match response.body {
+            Some(Body::Text(text)) => Some(text),
+            Some(Body::Binary(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => None,
+        };
+        ApiResponse {
+            status: u16::try_from(response.status_code).unwrap_or(500),
+            body,
+        }
+    }
+
     async fn shutdown(&self) {}
 }
 
@@ -360,6 +405,18 @@ mod tests {
         let connections = Arc::new(MemoryConnections::new());
         let messages = Arc::new(MemoryMessages::new());
         let notifier = Arc::new(FixedNotifier(Arc::new(RecordingNotifier::default())));
+        let api_containers = {
+            let (connections, messages, notifier) =
+                (connections.clone(), messages.clone(), notifier.clone());
+            Containers::new(move |_| {
+                Handlers::new(
+                    connections.clone(),
+                    messages.clone(),
+                    notifier.clone(),
+                    chat_core::ChatConfig::default(),
+                )
+            })
+        };
         let backend = LambdaBackend {
             containers: Containers::new(move |_| {
                 Handlers::new(
@@ -369,6 +426,7 @@ mod tests {
                     chat_core::ChatConfig::default(),
                 )
             }),
+            api_containers,
             authorizer: Some(Authorizer::with_verifier(chat_auth::Verifier::hs256(
                 secret,
             ))),

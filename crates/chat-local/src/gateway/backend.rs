@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use chat_core::api::{ApiRequest, ApiResponse};
 use chat_core::domain::ConnectionId;
 use chat_core::protocol::{Inbound, Payload};
 use serde_json::{Map, Value};
@@ -97,6 +98,30 @@ impl From<chat_core::ConnectRejection> for Refusal {
     }
 }
 
+/// A server API request, as the gateway read it.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    pub method: String,
+    /// The path and query as the client sent them (percent-encoded).
+    pub path_and_query: String,
+    /// Every header (names lowercase), in order.
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    pub source_ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+impl ApiCall {
+    /// What the chat core's server API reads of it.
+    pub fn request(&self) -> ApiRequest<'_> {
+        ApiRequest {
+            method: &self.method,
+            path: &self.path_and_query,
+            body: &self.body,
+        }
+    }
+}
+
 /// The integration behind the gateway: the chat core in process, or the Lambda handlers.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -134,6 +159,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `$disconnect`, best effort.
     async fn disconnect(&self, connection: &Connection, closed: &Closed);
+
+    /// (Version 2) A call of the server API, whose caller the gateway has let in (its bearer
+    /// key; on AWS, IAM).
+    async fn api(&self, call: &ApiCall) -> ApiResponse;
 
     /// The server is stopping: flush what must be flushed.
     async fn shutdown(&self);

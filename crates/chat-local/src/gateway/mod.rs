@@ -3,6 +3,7 @@
 //! - `GET /{stage}` with an upgrade: the WebSocket. `$connect` runs before the handshake
 //!   completes and can refuse it with a status (400, 401, 429), as on AWS.
 //! - `/{stage}/@connections/{id}`: the management API ([`management`]).
+//! - `/api/...`: the server API, behind a bearer key (`server_api`).
 //! - `/`: the web client.
 //!
 //! It knows the integration behind it only as a [`Backend`], to which it hands every fact of a
@@ -23,9 +24,12 @@ mod linger;
 pub mod management;
 mod query;
 pub mod registry;
+mod server_api;
 mod socket;
 
-pub use backend::{Accepted, Backend, Closed, Connection, Handshake, IntegrationError, Refusal};
+pub use backend::{
+    Accepted, ApiCall, Backend, Closed, Connection, Handshake, IntegrationError, Refusal,
+};
 pub use registry::{Outbox, Posted};
 
 use std::net::SocketAddr;
@@ -37,7 +41,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use chat_core::clock::now_ms;
 use chat_core::domain::ConnectionId;
 use serde_json::json;
@@ -149,6 +153,7 @@ pub fn router(state: AppState) -> Router {
                 .post(management::post)
                 .delete(management::delete),
         )
+        .route("/api/{*path}", any(server_api::serve))
         .merge(crate::web::routes())
         // Any other path (`/dev/@connections` without an id, `/dev/anything`): API Gateway's 403.
         .fallback(|| async { management::forbidden() })

@@ -360,6 +360,18 @@ impl Outbox {
         }
     }
 
+    /// Closes a connection with `code` and `reason` (the server API's close of a user's
+    /// connections); one whose `$connect` has not returned is [`Posted::Gone`], as for a post.
+    pub fn close(&self, id: &ConnectionId, code: u16, reason: &'static str) -> Posted {
+        match self.registry.get(id) {
+            Some(handle) if handle.is_connected() => {
+                handle.close(code, reason);
+                Posted::Queued
+            }
+            Some(_) | None => Posted::Gone,
+        }
+    }
+
     /// Posts one text frame to many connections, under one lock; each gets a
     /// reference-counted clone of the same bytes. Returns those that are gone.
     pub fn post_many(&self, to: &[ConnectionId], text: &Utf8Bytes) -> Vec<ConnectionId> {

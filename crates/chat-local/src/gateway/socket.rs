@@ -432,6 +432,10 @@ mod tests {
                 Inbound::Binary => Ok(None),
             }
         }
+        async fn api(&self, _: &crate::gateway::ApiCall) -> chat_core::api::ApiResponse {
+            chat_core::api::ApiError::not_found("no server API here").response()
+        }
+
         async fn disconnect(&self, connection: &Connection, closed: &Closed) {
             self.disconnects
                 .lock()

@@ -5,6 +5,7 @@
 //! the whole suite on that back end.
 
 mod actions;
+mod api;
 mod bad_input;
 mod binary;
 mod changes;

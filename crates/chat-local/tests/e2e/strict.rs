@@ -107,6 +107,10 @@ impl Backend for Faulty {
         self.inner.frames_at_once()
     }
 
+    async fn api(&self, call: &chat_local::gateway::ApiCall) -> chat_core::api::ApiResponse {
+        self.inner.api(call).await
+    }
+
     async fn disconnect(&self, connection: &Connection, closed: &Closed) {
         self.seen.disconnects.lock().unwrap().push(closed.clone());
         self.inner.disconnect(connection, closed).await
