@@ -175,7 +175,7 @@ for (const log of logs) {
 }
 for (const waiting of pending.values()) {
   for (const p of waiting) {
-    fail(p.where, `a ${p.action} frame that its schema refuses, but the server did not refuse ` +
+    fail(p.where, `${p.action}: a frame that its schema refuses, but the server did not refuse ` +
       `it (no bad_request or payload_too_large error for it on that client)`, p.frame, p.errors);
   }
 }
