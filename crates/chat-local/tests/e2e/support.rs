@@ -166,14 +166,19 @@ pub fn urlencode(s: &str) -> String {
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_request: u64,
+    /// This client's name in the frame log (`CHAT_FRAME_LOG`).
+    log_id: String,
 }
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
+        static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let (ws, _response) = connect_async(url).await.expect("handshake accepted");
+        let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             ws,
             next_request: 0,
+            log_id: format!("{}-{n}", std::process::id()),
         }
     }
 
@@ -199,10 +204,14 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: &str) {
+        log_frame(&self.log_id, "out", text);
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
     pub async fn send_raw(&mut self, message: Message) {
+        if let Message::Text(text) = &message {
+            log_frame(&self.log_id, "out", text);
+        }
         self.ws.send(message).await.expect("send");
     }
 
@@ -215,7 +224,10 @@ impl Client {
                 .expect("connection open")
                 .expect("frame readable");
             match message {
-                Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
+                Message::Text(text) => {
+                    log_frame(&self.log_id, "in", &text);
+                    return serde_json::from_str(&text).expect("frame is JSON");
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
             }
@@ -230,6 +242,7 @@ impl Client {
                 .ok()?;
             match message.expect("connection open").expect("frame readable") {
                 Message::Text(text) => {
+                    log_frame(&self.log_id, "in", &text);
                     return Some(serde_json::from_str(&text).expect("frame is JSON"));
                 }
                 Message::Ping(_) | Message::Pong(_) => continue,
@@ -282,6 +295,7 @@ impl Client {
                 .expect("the server closes within the patience");
             match next {
                 Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Text(text))) => log_frame(&self.log_id, "in", &text),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
                 None => return None,
@@ -353,4 +367,37 @@ pub async fn http_with(
         headers: head.to_ascii_lowercase(),
         body: body.to_owned(),
     }
+}
+
+/// `CHAT_FRAME_LOG=PATH`: every text frame a [`Client`] sends or receives through its own
+/// functions is appended to PATH as one JSON line, `{"dir":"in"|"out","client":ID,"bytes":N,
+/// "frame":JSON}` (`"raw":TEXT` instead of `"frame"` when the text is not JSON), for the check
+/// of every frame against docs/asyncapi.yaml (docs/asyncapi/check-frames.mjs). One write per
+/// line, in append mode, under a lock: tests run in parallel threads.
+fn log_frame(client: &str, dir: &str, text: &str) {
+    use std::io::Write;
+    static LOG: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
+        std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os("CHAT_FRAME_LOG").filter(|p| !p.is_empty())?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("CHAT_FRAME_LOG={}: {e}", path.to_string_lossy()));
+        Some(std::sync::Mutex::new(file))
+    });
+    let Some(file) = log else { return };
+    let mut line = serde_json::Map::new();
+    line.insert("dir".into(), json!(dir));
+    line.insert("client".into(), json!(client));
+    line.insert("bytes".into(), json!(text.len()));
+    match serde_json::from_str::<Value>(text) {
+        Ok(frame) => line.insert("frame".into(), frame),
+        Err(_) => line.insert("raw".into(), json!(text)),
+    };
+    let mut bytes = Value::Object(line).to_string().into_bytes();
+    bytes.push(b'\n');
+    let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    file.write_all(&bytes).expect("the frame log is written");
 }
