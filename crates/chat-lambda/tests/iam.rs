@@ -16,7 +16,7 @@ use chat_aws::testing::{CallLog, recorded_client, unique_tables};
 use chat_aws::{DynamoConnections, DynamoMessages, Tables};
 use chat_core::ChatConfig;
 use chat_core::domain::ConnectionId;
-use chat_lambda::Handlers;
+use chat_lambda::{ApiGatewayV2httpRequest, Handlers, ManagementEndpoint};
 use serde_json::Value;
 use support::*;
 
@@ -28,8 +28,25 @@ async fn function(tables: &Tables, recorder: &Arc<Recorder>) -> (Handlers, CallL
         Arc::new(DynamoMessages::new(client, tables.clone())),
         recorder.clone(),
         ChatConfig::default(),
-    );
+    )
+    // The api function's endpoint is configured: its events name the HTTP API.
+    .with_management_endpoint(ManagementEndpoint::Fixed(ENDPOINT.into()));
     (handlers, log)
+}
+
+/// The server API's fixture event (an HTTP API's, IAM-signed) for this call.
+fn api_call(method: &str, path: &str, body: &str) -> ApiGatewayV2httpRequest {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/api/request.json"
+    );
+    let text = std::fs::read_to_string(file).expect("the api fixture");
+    let mut event: ApiGatewayV2httpRequest =
+        serde_json::from_str(&text).expect("an HTTP API event");
+    event.raw_path = Some(path.to_owned());
+    event.request_context.http.method = method.parse().expect("a method");
+    event.body = (!body.is_empty()).then(|| body.to_owned());
+    event
 }
 
 /// (action, table or `table/index/NAME`) pairs that one logged request needs.
@@ -154,6 +171,7 @@ async fn each_function_makes_only_the_dynamodb_calls_its_role_allows() {
     let (connect, connect_log) = function(&tables, &recorder).await;
     let (message, message_log) = function(&tables, &recorder).await;
     let (disconnect, disconnect_log) = function(&tables, &recorder).await;
+    let (api, api_log) = function(&tables, &recorder).await;
 
     for (fixture, id) in [
         ("connect.json", ADA),
@@ -198,6 +216,55 @@ async fn each_function_makes_only_the_dynamodb_calls_its_role_allows() {
         .message(fixture_from("openDirect.json", signed))
         .await;
     assert_eq!(body(&direct)["type"], "joined", "{:?}", direct.body);
+    // Every call of the server API: a system message to lobby (and its retry), deleted; the
+    // signed-in user banned from its direct room (so taken out of it), then let back in.
+    let notice = r#"{"text":"notice","clientMsgId":"n-1"}"#;
+    let posted = api
+        .api(api_call("POST", "/api/rooms/lobby/messages", notice))
+        .await;
+    assert_eq!(posted.status_code, 201, "{:?}", posted.body);
+    let posted: Value = match &posted.body {
+        Some(aws_lambda_events::encodings::Body::Text(text)) => serde_json::from_str(text).unwrap(),
+        other => panic!("a JSON body: {other:?}"),
+    };
+    let dm = chat_core::domain::RoomName::direct("user-1", "user-bob");
+    let ban = format!("/api/rooms/{dm}/bans/user-1");
+    let grant = "/api/rooms/private.x/grants/user-1";
+    for (method, path, body, status) in [
+        ("POST", "/api/rooms/lobby/messages".to_owned(), notice, 201),
+        ("GET", "/api/rooms/lobby/members".into(), "", 200),
+        ("PUT", grant.into(), "", 204),
+        ("DELETE", grant.into(), "", 204),
+        ("PUT", ban.clone(), "", 204),
+        ("DELETE", ban, "", 204),
+        (
+            "DELETE",
+            format!(
+                "/api/rooms/lobby/messages/{}",
+                posted["id"].as_str().unwrap()
+            ),
+            "",
+            204,
+        ),
+        ("DELETE", "/api/users/user-1/connections".into(), "", 204),
+    ] {
+        let response = api.api(api_call(method, &path, body)).await;
+        assert_eq!(
+            response.status_code, status,
+            "{method} {path}: {:?}",
+            response.body
+        );
+    }
+    // A user whose connection is gone when the API closes it: removed by the api function.
+    let again = connect
+        .connect(fixture_from("connect-authorized.json", signed))
+        .await;
+    assert_eq!(again.status_code, 200);
+    recorder.notifier.mark_gone(&ConnectionId::new(signed));
+    let closed = api
+        .api(api_call("DELETE", "/api/users/user-1/connections", ""))
+        .await;
+    assert_eq!(closed.status_code, 204);
     // A fan-out that finds a connection gone removes it (from the message function).
     recorder.notifier.mark_gone(&ConnectionId::new(CAT));
     let deleted = message
@@ -216,6 +283,7 @@ async fn each_function_makes_only_the_dynamodb_calls_its_role_allows() {
         assert_allowed("connect", "ConnectRole", &connect_log, &tables),
         assert_allowed("message", "MessageRole", &message_log, &tables),
         assert_allowed("disconnect", "DisconnectRole", &disconnect_log, &tables),
+        assert_allowed("api", "ApiRole", &api_log, &tables),
     ];
     assert!(
         calls.iter().all(|&n| n > 0),

@@ -111,7 +111,7 @@ fn each_function_has_its_own_role_and_no_managed_policy() {
     let template = template();
     let roles = resources(&template, "AWS::IAM::Role");
     let functions = resources(&template, "AWS::Serverless::Function");
-    assert_eq!(functions.len(), 4);
+    assert_eq!(functions.len(), 5);
     let mut used = BTreeSet::new();
     for (id, function) in &functions {
         let properties = &function["Properties"];
@@ -184,7 +184,7 @@ fn functions_run_on_provided_al2023_arm64_built_by_cargo_lambda() {
         })
         .collect();
     // The binaries of this crate.
-    let expected: BTreeSet<String> = ["authorizer", "connect", "disconnect", "message"]
+    let expected: BTreeSet<String> = ["api", "authorizer", "connect", "disconnect", "message"]
         .map(String::from)
         .into();
     assert_eq!(bins, expected);
@@ -277,14 +277,16 @@ fn authentication_is_a_request_authorizer_on_connect_when_configured() {
 fn the_api_routes_on_action_with_every_route_and_route_responses() {
     let template = template();
     let apis = resources(&template, "AWS::ApiGatewayV2::Api");
-    let api = &apis.values().next().expect("the API")["Properties"];
+    let api = &apis["WebSocketApi"]["Properties"];
     assert_eq!(api["ProtocolType"].as_str(), Some("WEBSOCKET"));
     assert_eq!(
         api["RouteSelectionExpression"].as_str(),
         Some("$request.body.action")
     );
 
-    let routes = resources(&template, "AWS::ApiGatewayV2::Route");
+    // The WebSocket API's routes (the server API's are the next test's).
+    let mut routes = resources(&template, "AWS::ApiGatewayV2::Route");
+    routes.retain(|_, route| target(&route["Properties"]["ApiId"]) == "WebSocketApi");
     let keys: BTreeSet<&str> = routes
         .values()
         .map(|route| route["Properties"]["RouteKey"].as_str().unwrap())
@@ -335,6 +337,9 @@ fn the_api_routes_on_action_with_every_route_and_route_responses() {
             Some("apigateway.amazonaws.com")
         );
         let source = strings(&properties["SourceArn"]).concat();
+        if target(&properties["FunctionName"]) == "ApiFunction" {
+            continue;
+        }
         if target(&properties["FunctionName"]) == "AuthorizerFunction" {
             // The authorizer, for this API's own authorizer only.
             assert_eq!(
@@ -456,4 +461,55 @@ fn env_example_lists_every_variable() {
     {
         assert!(listed.contains(name), "{name} is missing from .env.example");
     }
+}
+
+/// The server API is an HTTP API in front of the api function, whose every route needs a SigV4
+/// signature, and which only that API's `/api/` routes may invoke.
+#[test]
+fn the_server_api_is_an_iam_authorized_http_api_in_front_of_the_api_function() {
+    let template = template();
+    let apis = resources(&template, "AWS::ApiGatewayV2::Api");
+    assert_eq!(
+        apis["ServerApi"]["Properties"]["ProtocolType"].as_str(),
+        Some("HTTP")
+    );
+    let routes = resources(&template, "AWS::ApiGatewayV2::Route");
+    let server_routes: Vec<_> = routes
+        .values()
+        .filter(|route| target(&route["Properties"]["ApiId"]) == "ServerApi")
+        .collect();
+    assert_eq!(server_routes.len(), 1);
+    for route in server_routes {
+        let properties = &route["Properties"];
+        assert_eq!(properties["RouteKey"].as_str(), Some("ANY /api/{proxy+}"));
+        assert_eq!(properties["AuthorizationType"].as_str(), Some("AWS_IAM"));
+    }
+    let integration =
+        &resources(&template, "AWS::ApiGatewayV2::Integration")["ServerApiIntegration"];
+    assert_eq!(
+        integration["Properties"]["PayloadFormatVersion"].as_str(),
+        Some("2.0")
+    );
+    assert!(
+        strings(&integration["Properties"]["IntegrationUri"])
+            .concat()
+            .contains("ApiFunction")
+    );
+    let permission = &resources(&template, "AWS::Lambda::Permission")["ApiPermission"];
+    let source = strings(&permission["Properties"]["SourceArn"]).concat();
+    assert!(source.contains("${ServerApi}/$default/*/api/*"), "{source}");
+    // Its events name the HTTP API: the WebSocket API's endpoint is configured.
+    let function = &resources(&template, "AWS::Serverless::Function")["ApiFunction"];
+    let endpoint =
+        strings(&function["Properties"]["Environment"]["Variables"]["APIGW_MANAGEMENT_ENDPOINT"])
+            .concat();
+    assert!(
+        endpoint.contains("https://${WebSocketApi}.execute-api."),
+        "{endpoint}"
+    );
+    let url = strings(&template["Outputs"]["ServerApiUrl"]["Value"]).concat();
+    assert!(
+        url.starts_with("https://${ServerApi}.execute-api."),
+        "{url}"
+    );
 }
