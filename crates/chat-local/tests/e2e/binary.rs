@@ -104,6 +104,29 @@ async fn settings_come_from_the_environment() {
     );
 }
 
+/// `CHAT_API_KEY` turns the server API on, and its value is the key; `--help` never prints it.
+#[tokio::test]
+async fn the_api_key_comes_from_the_environment_and_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "key-from-the-environment";
+    let process = Process::start(dir.path(), &[], &[("CHAT_API_KEY", key)]);
+    let addr = process.addr.parse().unwrap();
+    let path = "/api/rooms/lobby/members";
+    let bearer = format!("Authorization: Bearer {key}");
+    let allowed = crate::support::http_with(addr, "GET", path, &[&bearer], b"").await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let refused = crate::support::http_with(addr, "GET", path, &[], b"").await;
+    assert_eq!(refused.status, 401);
+    let help = Command::new(CHAT)
+        .args(["serve", "--help"])
+        .env("CHAT_API_KEY", key)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--api-key") && help.contains("CHAT_API_KEY"));
+    assert!(!help.contains(key), "the key is shown by --help");
+}
+
 #[tokio::test]
 async fn sigterm_closes_connections_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
