@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    Delete, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
+    AttributeValue, Delete, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update,
+    WriteRequest,
 };
 use chat_core::domain::{ConnectionId, Member, RoomName};
 use chat_core::ports::{ConnectionRecord, ConnectionStore, JoinOutcome, StoreError, StoreResult};
@@ -83,6 +84,7 @@ impl ConnectionItem {
             connected_at_ms: self.connected_at,
             rooms,
             grants: self.grants.clone(),
+            allowance: self.allowance,
         })
     }
 }
@@ -474,6 +476,69 @@ impl ConnectionStore for DynamoConnections {
     }
 }
 
+/// The compare-and-set of one allowance of a connection item: `SET #allowance = :after`, on the
+/// condition that the connection exists and its bucket is still `before` (absent for `None`).
+pub(crate) struct AllowanceCas {
+    pub condition: &'static str,
+    pub names: Vec<(&'static str, &'static str)>,
+    pub values: Vec<(&'static str, AttributeValue)>,
+}
+
+impl AllowanceCas {
+    pub const UPDATE: &'static str = "SET #allowance = :after";
+
+    fn new(
+        attribute: &'static str,
+        before: Option<TokenBucket>,
+        after: TokenBucket,
+    ) -> StoreResult<Self> {
+        let after = serde_dynamo::to_attribute_value(after).map_err(serde_error)?;
+        let mut names = vec![("#allowance", attribute)];
+        let mut values = vec![(":after", after)];
+        let condition = match before {
+            None => {
+                names.push(("#id", CONNECTION_KEY));
+                "attribute_exists(#id) AND attribute_not_exists(#allowance)"
+            }
+            Some(before) => {
+                names.extend([("#tokens", "milli_tokens"), ("#updated", "updated_ms")]);
+                values.extend([
+                    (":tokens", n(before.milli_tokens)),
+                    (":updated", n(before.updated_ms)),
+                ]);
+                "#allowance.#tokens = :tokens AND #allowance.#updated = :updated"
+            }
+        };
+        Ok(Self {
+            condition,
+            names,
+            values,
+        })
+    }
+
+    /// The `sendMessage` allowance's, as an item of a transaction (an append's).
+    pub fn send_allowance(
+        tables: &Tables,
+        id: &ConnectionId,
+        before: Option<TokenBucket>,
+        after: TokenBucket,
+    ) -> StoreResult<Update> {
+        let cas = Self::new(Bucket::Messages.attribute(), before, after)?;
+        let mut update = Update::builder()
+            .table_name(&tables.connections)
+            .set_key(Some(DynamoConnections::key(id)))
+            .update_expression(Self::UPDATE)
+            .condition_expression(cas.condition);
+        for (name, attribute) in cas.names {
+            update = update.expression_attribute_names(name, attribute);
+        }
+        for (name, value) in cas.values {
+            update = update.expression_attribute_values(name, value);
+        }
+        update.build().map_err(StoreError::new)
+    }
+}
+
 /// The allowances of a connection item.
 #[derive(Clone, Copy)]
 enum Bucket {
@@ -515,35 +580,22 @@ impl DynamoConnections {
                 // those the next attempt computes from the stored state. No write.
                 return Ok(false);
             }
-            let update = self
+            let cas = AllowanceCas::new(which.attribute(), before, bucket)?;
+            let mut update = self
                 .db
                 .client
                 .update_item()
                 .table_name(&self.db.tables.connections)
                 .set_key(Some(Self::key(id)))
-                .update_expression("SET #allowance = :after")
-                .expression_attribute_names("#allowance", which.attribute())
-                .expression_attribute_values(
-                    ":after",
-                    serde_dynamo::to_attribute_value(bucket).map_err(serde_error)?,
-                )
+                .update_expression(AllowanceCas::UPDATE)
+                .condition_expression(cas.condition)
                 .set_return_consumed_capacity(self.db.capacity());
-            // Compare and set: the write happens only if the bucket is still the one read.
-            let update = match before {
-                None => update
-                    .condition_expression(
-                        "attribute_exists(#id) AND attribute_not_exists(#allowance)",
-                    )
-                    .expression_attribute_names("#id", CONNECTION_KEY),
-                Some(before) => update
-                    .condition_expression(
-                        "#allowance.#tokens = :tokens AND #allowance.#updated = :updated",
-                    )
-                    .expression_attribute_names("#tokens", "milli_tokens")
-                    .expression_attribute_names("#updated", "updated_ms")
-                    .expression_attribute_values(":tokens", n(before.milli_tokens))
-                    .expression_attribute_values(":updated", n(before.updated_ms)),
-            };
+            for (name, attribute) in cas.names {
+                update = update.expression_attribute_names(name, attribute);
+            }
+            for (name, value) in cas.values {
+                update = update.expression_attribute_values(name, value);
+            }
             match update.send().await {
                 Ok(out) => {
                     self.db

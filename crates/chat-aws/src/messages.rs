@@ -36,7 +36,9 @@ use chat_core::domain::{
     StoredMessage, UserAccess,
 };
 use chat_core::memory::{LoggedChange, merge_events, messages_to_read, replay};
-use chat_core::ports::{Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult};
+use chat_core::ports::{
+    AllowanceClaim, Appended, Changed, DirectUsers, MessageStore, StoreError, StoreResult,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{Meter, Units};
@@ -185,7 +187,7 @@ struct DedupeItem {
 
 /// A room's head: its latest visible `seq` and message id, and the last ticket taken. Its
 /// `headSeq` is not `seq`, which keeps it out of the index of messages.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HeadItem {
     #[serde(default)]
@@ -195,6 +197,9 @@ struct HeadItem {
     /// How many messages the room has: unread counts are differences of these.
     #[serde(default)]
     message_count: u64,
+    /// The last ticket taken (absent before the first).
+    #[serde(default)]
+    next_ticket: Option<u64>,
 }
 
 const HEAD_SEQ: &str = "headSeq";
@@ -212,6 +217,9 @@ pub struct DynamoMessages {
     /// than every pending append of this one asking the table whether its turn has come. One
     /// entry per room appended to.
     turns: std::sync::Mutex<std::collections::HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Heads read ahead by [`MessageStore::prepare_append`], each for the next append to its
+    /// room in this process.
+    prepared: std::sync::Mutex<std::collections::HashMap<RoomName, HeadItem>>,
 }
 
 impl DynamoMessages {
@@ -220,6 +228,7 @@ impl DynamoMessages {
             db: Db::new(client, tables),
             clock: Arc::new(now_ms),
             turns: Default::default(),
+            prepared: Default::default(),
         }
     }
 
@@ -327,15 +336,7 @@ impl DynamoMessages {
     ) -> StoreResult<Attempt> {
         let stored = StoredMessage::stamp(message.clone(), head, (self.clock)());
         debug_assert_eq!(stored.seq, ticket);
-        let table = &self.db.tables.messages;
         let number = head.messages + 1;
-        let mut item = MessageItem::of(&stored);
-        item.number = number;
-        let put_message = Put::builder()
-            .table_name(table)
-            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
-            .build()
-            .map_err(StoreError::new)?;
         let move_head = self
             .move_head(
                 &stored.room,
@@ -345,25 +346,8 @@ impl DynamoMessages {
             )
             .build()
             .map_err(StoreError::new)?;
-        let mut items = vec![
-            TransactWriteItem::builder().update(move_head).build(),
-            TransactWriteItem::builder().put(put_message).build(),
-        ];
-        if let Some(client_msg_id) = &stored.client_msg_id {
-            let dedupe = DedupeItem {
-                room: stored.room.as_str().to_owned(),
-                sk: keys::dedupe(&stored.sender.sender_key(), client_msg_id.as_str()),
-                message_id: stored.id.to_string(),
-            };
-            let put_dedupe = Put::builder()
-                .table_name(table)
-                .set_item(Some(serde_dynamo::to_item(dedupe).map_err(serde_error)?))
-                .condition_expression("attribute_not_exists(#sk)")
-                .expression_attribute_names("#sk", SORT_KEY)
-                .build()
-                .map_err(StoreError::new)?;
-            items.push(TransactWriteItem::builder().put(put_dedupe).build());
-        }
+        let mut items = vec![TransactWriteItem::builder().update(move_head).build()];
+        items.extend(self.message_writes(&stored, number)?);
         // Nothing was written when it is cancelled: the head was not at the seq before (a
         // stalled-writer skip passed this turn; or `TransactionConflict`: another request on
         // these items is under way), or the idempotency key exists.
@@ -382,6 +366,111 @@ impl DynamoMessages {
             });
         }
         Ok(Attempt::NotMyTurn(head_in(reasons)?))
+    }
+
+    /// The message item and, with a `clientMsgId`, its idempotency key (which must not exist).
+    fn message_writes(
+        &self,
+        stored: &StoredMessage,
+        number: u64,
+    ) -> StoreResult<Vec<TransactWriteItem>> {
+        let table = &self.db.tables.messages;
+        let mut item = MessageItem::of(stored);
+        item.number = number;
+        let put_message = Put::builder()
+            .table_name(table)
+            .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
+            .build()
+            .map_err(StoreError::new)?;
+        let mut items = vec![TransactWriteItem::builder().put(put_message).build()];
+        if let Some(client_msg_id) = &stored.client_msg_id {
+            let dedupe = DedupeItem {
+                room: stored.room.as_str().to_owned(),
+                sk: keys::dedupe(&stored.sender.sender_key(), client_msg_id.as_str()),
+                message_id: stored.id.to_string(),
+            };
+            let put_dedupe = Put::builder()
+                .table_name(table)
+                .set_item(Some(serde_dynamo::to_item(dedupe).map_err(serde_error)?))
+                .condition_expression("attribute_not_exists(#sk)")
+                .expression_attribute_names("#sk", SORT_KEY)
+                .build()
+                .map_err(StoreError::new)?;
+            items.push(TransactWriteItem::builder().put(put_dedupe).build());
+        }
+        Ok(items)
+    }
+
+    /// The head as stored, with its last ticket.
+    async fn head_item(&self, room: &RoomName) -> StoreResult<HeadItem> {
+        match self.get(room_key(room.as_str(), keys::HEAD)).await? {
+            Some(item) => serde_dynamo::from_item(item).map_err(serde_error),
+            None => Ok(HeadItem::default()),
+        }
+    }
+
+    /// The one-transaction append of [`MessageStore::append_taking`], from the head as read
+    /// (`None`: it was not at rest, or the transaction was cancelled for another reason than
+    /// the idempotency key).
+    async fn append_at_rest(
+        &self,
+        message: &NewMessage,
+        claim: &AllowanceClaim,
+        head: HeadItem,
+    ) -> StoreResult<Option<Appended>> {
+        // At rest: no ticket beyond the head, so no append of another process is waiting for
+        // its turn. Then this one may take the next seq without a ticket, on the condition that
+        // the head (and its last ticket) is still as read: exactly what a ticket would give it.
+        let seq = head.head_seq;
+        if head.next_ticket.is_some_and(|ticket| ticket != seq) {
+            return Ok(None);
+        }
+        let room_head = head.room_head()?;
+        let stored = StoredMessage::stamp(message.clone(), room_head, (self.clock)());
+        let number = room_head.messages + 1;
+        let allowance = crate::connections::AllowanceCas::send_allowance(
+            &self.db.tables,
+            &claim.connection,
+            claim.before,
+            claim.after,
+        )?;
+        let move_head = self
+            .move_head(&stored.room, seq, stored.seq, Some((stored.id, number)))
+            .update_expression("SET #headSeq = :to, #lastId = :id, #count = :count, #ticket = :to")
+            .expression_attribute_names("#ticket", NEXT_TICKET);
+        let move_head = if seq == 0 {
+            move_head.condition_expression(
+                "attribute_not_exists(#headSeq) AND attribute_not_exists(#ticket)",
+            )
+        } else {
+            move_head.condition_expression(
+                "#headSeq = :from AND (attribute_not_exists(#ticket) OR #ticket = :from)",
+            )
+        };
+        let mut items = vec![
+            TransactWriteItem::builder().update(allowance).build(),
+            TransactWriteItem::builder()
+                .update(move_head.build().map_err(StoreError::new)?)
+                .build(),
+        ];
+        items.extend(self.message_writes(&stored, number)?);
+        let cancelled = match self.db.transact(items).await? {
+            Ok(()) => return Ok(Some(Appended::New(stored))),
+            Err(cancelled) => cancelled,
+        };
+        // Reasons in the order of the items: allowance, head, message, idempotency key.
+        let reasons = cancelled.cancellation_reasons();
+        let key_exists = reasons
+            .get(3)
+            .and_then(|reason| reason.code())
+            .is_some_and(|code| code == "ConditionalCheckFailed");
+        let Some(client_msg_id) = message.client_msg_id.as_ref().filter(|_| key_exists) else {
+            return Ok(None);
+        };
+        let earlier = self
+            .find_by_client_msg_id(&message.room, &message.sender.sender_key(), client_msg_id)
+            .await?;
+        Ok(earlier.map(Appended::Duplicate))
     }
 
     /// An edit or delete at its turn: the head, the message (which must exist and not be
@@ -672,14 +761,21 @@ fn head_of(item: Option<Item>) -> StoreResult<RoomHead> {
         return Ok(RoomHead::default());
     };
     let head: HeadItem = serde_dynamo::from_item(item).map_err(serde_error)?;
-    Ok(RoomHead {
-        seq: head.head_seq,
-        last_id: head
-            .last_id
-            .map(|id| MessageId::parse(&id).map_err(|e| StoreError::new(e.0)))
-            .transpose()?,
-        messages: head.message_count,
-    })
+    head.room_head()
+}
+
+impl HeadItem {
+    fn room_head(&self) -> StoreResult<RoomHead> {
+        Ok(RoomHead {
+            seq: self.head_seq,
+            last_id: self
+                .last_id
+                .as_deref()
+                .map(|id| MessageId::parse(id).map_err(|e| StoreError::new(e.0)))
+                .transpose()?,
+            messages: self.message_count,
+        })
+    }
 }
 
 /// Where the head is, when a cancelled transaction's first reason (the head's condition) says.
@@ -744,6 +840,42 @@ enum Attempt {
 
 #[async_trait]
 impl MessageStore for DynamoMessages {
+    /// Reads the room's head (its seq, last id and last ticket) for the next append.
+    async fn prepare_append(&self, room: &RoomName) {
+        match self.head_item(room).await {
+            Ok(head) => {
+                let mut prepared = self
+                    .prepared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                prepared.insert(room.clone(), head);
+            }
+            Err(e) => tracing::debug!(room = %room, error = %e, "no head read ahead"),
+        }
+    }
+
+    /// One transaction over both tables, when the room is at rest: the sender's allowance
+    /// (compare and set on the bucket read with the connection), the head (still as read ahead,
+    /// and no ticket out), the message and its idempotency key. With the head read while the
+    /// connection was, a message's ack takes three sequential requests: those two reads, this
+    /// write, and the members' query.
+    async fn append_taking(
+        &self,
+        message: &NewMessage,
+        claim: &AllowanceClaim,
+    ) -> StoreResult<Option<Appended>> {
+        let ahead = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&message.room);
+        let head = match ahead {
+            Some(head) => head,
+            None => self.head_item(&message.room).await?,
+        };
+        self.append_at_rest(message, claim, head).await
+    }
+
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         // A retry found before it takes a ticket takes no seq. (One that races with its first
         // send and loses finds the key at its commit, and passes its turn on unused.)

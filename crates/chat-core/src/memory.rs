@@ -98,6 +98,7 @@ impl ConnectionStore for MemoryConnections {
                 connected_at_ms: entry.connected_at_ms,
                 rooms: entry.rooms.clone(),
                 grants: entry.grants.clone(),
+                allowance: entry.allowance,
             }))
     }
 
@@ -120,6 +121,7 @@ impl ConnectionStore for MemoryConnections {
             connected_at_ms: entry.connected_at_ms,
             rooms: entry.rooms,
             grants: entry.grants,
+            allowance: entry.allowance,
         }))
     }
 

@@ -14,7 +14,7 @@ use crate::domain::{
     NewMessage, Page, ReadState, RoomAccess, RoomName, StoredMessage, UserAccess,
 };
 use crate::protocol::Payload;
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{RateLimit, TokenBucket};
 
 /// A store failed (I/O, throttling, a broken connection). The client sees only `internal`.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,10 @@ pub struct ConnectionRecord {
     /// (Version 2) The `private.` rooms its user may enter: exact names, or prefixes ending in
     /// `*` (its token's `rooms` claim). Always empty without a user.
     pub grants: Vec<String>,
+    /// Its `sendMessage` allowance as stored when it was read (`None`: untouched, so full). A
+    /// store that can take it in the append's own write ([`MessageStore::append_taking`]) is
+    /// given it back as the state to compare with.
+    pub allowance: Option<TokenBucket>,
 }
 
 impl ConnectionRecord {
@@ -181,6 +185,15 @@ pub enum Appended {
     Duplicate(StoredMessage),
 }
 
+/// One token of a connection's `sendMessage` allowance, for [`MessageStore::append_taking`]:
+/// the bucket as it was read, and as it is after the take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowanceClaim {
+    pub connection: ConnectionId,
+    pub before: Option<TokenBucket>,
+    pub after: TokenBucket,
+}
+
 /// What `change` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
@@ -207,6 +220,24 @@ pub trait MessageStore: Send + Sync {
 
     /// The room's latest `seq`: 0 when it has no event.
     async fn latest_seq(&self, room: &RoomName) -> StoreResult<u64>;
+
+    /// Reads ahead what an append to the room will need, while the caller reads the sender's
+    /// connection (a store whose every read is a round trip saves one). A hint: the default
+    /// does nothing, and a failure only loses the head start.
+    async fn prepare_append(&self, _room: &RoomName) {}
+
+    /// Stores the message and takes the sender's allowance in one write, when the store keeps
+    /// connections too (DynamoDB: one transaction over both tables): nothing is written unless
+    /// both succeed, so a duplicate `clientMsgId` uses up nothing. `None` when it cannot here:
+    /// the default; the bucket is no longer `claim.before` (another frame of the connection took
+    /// a token); or the room is busy. The caller then takes the allowance and appends apart.
+    async fn append_taking(
+        &self,
+        _message: &NewMessage,
+        _claim: &AllowanceClaim,
+    ) -> StoreResult<Option<Appended>> {
+        Ok(None)
+    }
 
     /// The message this sender (see [`Member::sender_key`]) sent with this `clientMsgId`.
     async fn find_by_client_msg_id(

@@ -18,13 +18,14 @@ use crate::domain::{
     UserAccess,
 };
 use crate::ports::{
-    Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, JoinOutcome, MessageStore,
-    Notifier, StoreError,
+    AllowanceClaim, Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, JoinOutcome,
+    MessageStore, Notifier, StoreError,
 };
 use crate::protocol::{
     Action, ActionName, ChangeEvent, ChatError, ErrorCode, HistoryPage, Inbound, PageItem, Payload,
     PresenceEvent, Rejection, Reply, Request, RoomSummary, ServerFrame, parse_frame,
 };
+use crate::rate_limit::TokenBucket;
 use crate::telemetry;
 
 /// Who is connecting, as the gateway read it from the handshake.
@@ -300,12 +301,17 @@ impl Chat {
         if let Action::Ping = request.action {
             return Ok(Some(Payload::encode(&ServerFrame::Pong { request_id })));
         }
-        let Some(me) = self
-            .connections
-            .get(connection_id)
-            .await
-            .map_err(internal)?
-        else {
+        let read_me = self.connections.get(connection_id);
+        // A message's room head is read while the connection is: one round trip, not two.
+        let me = match &request.action {
+            Action::SendMessage { room, .. } => {
+                futures_util::future::join(read_me, self.messages.prepare_append(room))
+                    .await
+                    .0
+            }
+            _ => read_me.await,
+        };
+        let Some(me) = me.map_err(internal)? else {
             tracing::warn!(connection = %connection_id, "a frame from a connection that is not stored");
             return Err(ChatError::internal());
         };
@@ -740,6 +746,34 @@ impl Chat {
         request_id: Option<&RequestId>,
         new: NewMessage,
     ) -> Result<Payload, ChatError> {
+        // The fast path: the allowance taken in the append's own write, when the store can and
+        // the connection's bucket (as read) has a token. A retry uses up nothing there either:
+        // a duplicate `clientMsgId` cancels the whole write.
+        let limit = self.config.rate_limit;
+        let now = (self.clock)();
+        let mut bucket = me
+            .allowance
+            .unwrap_or_else(|| TokenBucket::full(limit, now));
+        if bucket.try_take(limit, now) {
+            let claim = AllowanceClaim {
+                connection: me.id.clone(),
+                before: me.allowance,
+                after: bucket,
+            };
+            let started = std::time::Instant::now();
+            let appended = self.messages.append_taking(&new, &claim).await;
+            match appended.map_err(internal)? {
+                Some(Appended::New(message)) => {
+                    metrics::histogram!(telemetry::STORE_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
+                    self.deliver(&message).await;
+                    return Ok(ack(request_id, &message));
+                }
+                Some(Appended::Duplicate(earlier)) => return Ok(ack(request_id, &earlier)),
+                None => {}
+            }
+        }
         // A retry of a message already stored is answered with its ack, before the rate limit:
         // retries must not use up the allowance.
         if let Some(earlier) = self.earlier_send(&new).await? {
@@ -782,9 +816,14 @@ impl Chat {
             // A concurrent retry won the race: answer it like a retry.
             Appended::Duplicate(earlier) => return Ok(earlier),
         };
-        // Fan-out before the ack, so that a message sent after this ack reaches every member
-        // after this one.
-        self.notify_room(&message.room, None, &ServerFrame::Message(&message))
+        self.deliver(&message).await;
+        Ok(message)
+    }
+
+    /// Sends a stored message to its room. Before the ack, so that a message sent after this
+    /// ack reaches every member after this one.
+    async fn deliver(&self, message: &StoredMessage) {
+        self.notify_room(&message.room, None, &ServerFrame::Message(message))
             .await
             .map_err(|e| {
                 // The message is stored; a member list that cannot be read loses only live
@@ -792,7 +831,6 @@ impl Chat {
                 tracing::error!(room = %message.room, error = %e, "fan-out failed after the message was stored");
             })
             .ok();
-        Ok(message)
     }
 
     async fn join_room(

@@ -134,9 +134,10 @@ fn assert_internal(response: &chat_lambda::ApiGatewayProxyResponse, request_id: 
 
 #[tokio::test]
 async fn a_failing_message_store_answers_internal_and_shows_nothing_to_anyone() {
-    // Every append starts with the room's ticket: the first of them fail with a server error,
-    // the rest with throttling.
-    let ticket = mock!(DynamoDb::update_item)
+    // Every append starts with its one transaction (the head read ahead, then the allowance,
+    // the head and the message at once): the first of them fail with a server error, the rest
+    // with throttling.
+    let transaction = mock!(DynamoDb::transact_write_items)
         .sequence()
         .http_status(500, Some(r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"boom"}"#.into()))
         .times(3)
@@ -149,7 +150,7 @@ async fn a_failing_message_store_answers_internal_and_shows_nothing_to_anyone() 
         .http_status(503, None)
         .repeatedly()
         .build();
-    let (handlers, recorder) = with_failing_messages(&[&ticket, &no_earlier, &query]);
+    let (handlers, recorder) = with_failing_messages(&[&transaction, &no_earlier, &query]);
     connect_ada_and_bob(&handlers).await;
 
     let plain = frame_from(
@@ -157,10 +158,14 @@ async fn a_failing_message_store_answers_internal_and_shows_nothing_to_anyone() 
         r#"{"action":"sendMessage","text":"lost?","requestId":"p"}"#,
     );
     assert_internal(&handlers.message(plain).await, Some("p"));
-    assert_eq!(ticket.num_calls(), 3, "the SDK retried before giving up");
+    assert_eq!(
+        transaction.num_calls(),
+        3,
+        "the SDK retried before giving up"
+    );
     let idempotent = handlers.message(fixture("sendMessage.json")).await;
     assert_internal(&idempotent, Some("r-send"));
-    assert!(ticket.num_calls() > 4, "throttling is retried too");
+    assert!(transaction.num_calls() > 4, "throttling is retried too");
     assert!(recorder.take().is_empty(), "nothing was shown to anyone");
 
     assert_internal(

@@ -71,6 +71,7 @@ pub async fn an_inserted_connection_is_read_back_in_no_room(factory: &dyn Connec
             connected_at_ms: CONNECTED_AT_MS,
             rooms: Vec::new(),
             grants: Vec::new(),
+            allowance: None,
         })
     );
     let bob = connect(&*store, &guest("bob")).await;
@@ -399,6 +400,7 @@ pub async fn removing_a_connection_returns_its_record_and_takes_it_out_of_every_
             connected_at_ms: CONNECTED_AT_MS,
             rooms: rooms.to_vec(),
             grants: Vec::new(),
+            allowance: None,
         })
     );
     for r in &rooms {
