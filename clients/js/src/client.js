@@ -766,8 +766,10 @@ export class ChatClient extends Emitter {
     if (sinceSeq === undefined && !room.seq.started) {
       const history = Array.isArray(f.history) ? f.history : [];
       for (const m of history) this._noticeOwn(room, m);
-      this._give(room, room.seq.start(f.seq, history.map((m) => m.seq)));
-      this._roomReady(room, false);
+      // `joined` first (the caller learns of the room and its history), then what came live
+      // after that history, in order.
+      const later = room.seq.start(f.seq, history.map((m) => m.seq));
+      this._roomReady(room, false, false, later);
     } else if (Number.isInteger(f.seq) && Number.isInteger(sinceSeq) && f.seq < sinceSeq) {
       // The room's latest is before what this client has seen: the server's store was reset
       // (a new data directory or table). Start over from what it has now.
@@ -823,7 +825,7 @@ export class ChatClient extends Emitter {
     });
   }
 
-  _roomReady(room, rejoin, reset = false) {
+  _roomReady(room, rejoin, reset = false, later = []) {
     room.everJoined = true;
     const reply = room.lastJoined;
     for (const w of room.waiters.splice(0)) {
@@ -831,6 +833,7 @@ export class ChatClient extends Emitter {
       w.resolve(reply);
     }
     this.emit('joined', reset ? { room: room.name, reply, rejoin, reset } : { room: room.name, reply, rejoin });
+    this._give(room, later);
     this._flushSends(room);
     this._flushOutbox();
     this._armGap(room);
