@@ -207,12 +207,13 @@ eachBackend((backend) => {
       const bob = await rawClient(server.wsUrl, 'bob');
       await bob.sendAll('lobby', ['before']);
       await waitFor(() => got('lobby').length === 1, { what: 'the first message' });
-      // After the cut, the rejoin's `joined` is held back while bob's messages reach alice
-      // live (lobby holds every connection from its start): they are in the page too.
+      // After the cut, the rejoin (joinRoom with sinceSeq) is held back while bob's messages
+      // reach alice live (lobby holds every connection from its start); then it goes, and its
+      // page holds them again.
       let releaseJoined = null;
-      proxy.toClient = (f, c, text) => {
-        if (f?.type === 'joined' && f.room === 'lobby' && Array.isArray(f.events)) {
-          releaseJoined = () => c.client.send(text);
+      proxy.toServer = (f, c, text) => {
+        if (f?.action === 'joinRoom' && f.room === 'lobby' && f.sinceSeq !== undefined && !releaseJoined) {
+          releaseJoined = () => c.upstream.send(text);
           return false;
         }
         return undefined;
@@ -222,7 +223,10 @@ eachBackend((backend) => {
       await bob.sendAll('lobby', ['live 1', 'live 2']);
       await waitFor(() => got('lobby').length === 3, { what: 'the live messages' });
       assert.deepEqual(texts(got('lobby')), ['before', 'live 1', 'live 2']);
+      const rejoined = new Promise((resolve) => alice.once('joined', resolve));
       releaseJoined();
+      const ev = await rejoined;
+      assert.deepEqual(ev.reply.events.map((e) => e.text), ['live 1', 'live 2'], 'the page holds them again');
       await alice.send('lobby', 'after the rejoin');
       await waitFor(() => got('lobby').length >= 4, { what: 'the last message' });
       await sleep(200);
