@@ -1,16 +1,19 @@
-// Browser client for the chat protocol (see PROTOCOL.md, version 1).
+// Browser client for the chat protocol (see PROTOCOL.md): the page only.
 //
-// Plain JavaScript, no framework, no build step. Layout of this file:
+// The connection is the client library's (clients/js, served as /client/*.js): calls correlated
+// by requestId, reconnect with backoff and jitter, rejoin with recovery by seq (every message
+// once, in seq order), one send per room in flight and idempotent resends, the keep-alive and
+// the planned reconnect before API Gateway's 2-hour limit. This file is what a person sees:
 //   settings    — server URL, name and token: query parameters, then localStorage, then defaults
-//   state       — rooms (messages keyed by id, members, typing, unread), pending sends, requests
-//   connection  — one WebSocket, reconnect with capped exponential backoff and jitter, keep-alive
-//   frames      — one handler per server frame type
+//   state       — rooms (messages keyed by id, members, typing, unread), pending sends
+//   connection  — the library's client, its states shown (status, banner)
+//   events      — one handler per event of the library
 //   rendering   — incremental DOM updates; user data only ever goes through textContent
 //   UI wiring   — forms, keyboard, room switching, scrolling up for older messages
 //
 // A small handle, window.chatDebug, exists for the browser tests (pause reconnecting, send a raw
 // frame); it changes nothing in normal use.
-'use strict';
+import { ChatClient, randomId } from '/client/index.js';
 
 (() => {
   // ---------------------------------------------------------------------------------------------
@@ -18,15 +21,11 @@
 
   const LOBBY = 'lobby';
   const MAX_TEXT = 4000;
-  const MAX_FRAME_BYTES = 32 * 1024; // a bigger frame makes the server close the connection (1009)
   const PAGE = 50; // history page size when scrolling up
-  const CATCHUP_PAGE = 100; // history page size when catching up after a reconnect
   const TYPING_SEND_EVERY = 2000;
   const TYPING_SHOW_FOR = 4000;
-  const BACKOFF_BASE = 500;
-  const BACKOFF_CAP = 15000;
-  const PING_EVERY = 4 * 60 * 1000; // the server closes idle connections after 10 minutes
-  const PONG_WITHIN = 20000;
+  /** Messages typed offline that wait for the connection, at most (the library's bound). */
+  const MAX_QUEUED = 1000;
   const TOAST_FOR = 10000;
   const GROUP_WITHIN = 5 * 60 * 1000;
   const STORE_KEY = 'chat.settings.v1';
@@ -46,6 +45,9 @@
     internal: 'Something went wrong on the server. Please try again.',
     unknown_action: 'The server did not understand that request (this client may be out of date).',
     forbidden: 'You may not do that in this room: it is private, or the message is not yours.',
+    timeout: 'The server did not answer in time. Please try again.',
+    disconnected: 'The connection dropped before the server answered. Please try again.',
+    queue_full: 'Too many messages are waiting for the connection. Wait until it is back.',
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -69,17 +71,6 @@
       node.append(c); // strings become text nodes: never parsed as HTML
     }
     return node;
-  }
-
-  function uuid() {
-    if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
-    // randomUUID needs a secure context; getRandomValues does not.
-    const b = new Uint8Array(16);
-    crypto.getRandomValues(b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
   const codePoints = (s) => {
@@ -117,20 +108,6 @@
   function memberKey(m) {
     if (!m) return '';
     return m.userId ? `u:${m.userId}` : `n:${m.name}`;
-  }
-
-  function decodeJwtClaims(token) {
-    try {
-      const part = token.split('.')[1];
-      if (!part) return null;
-      const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
-      const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
-      const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-      const claims = JSON.parse(new TextDecoder().decode(bytes));
-      return claims && typeof claims === 'object' ? claims : null;
-    } catch {
-      return null;
-    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -194,43 +171,24 @@
     return null;
   }
 
-  function socketUrl() {
-    const u = new URL(settings.server);
-    if (settings.name) u.searchParams.set('name', settings.name);
-    if (settings.token) u.searchParams.set('token', settings.token);
-    return u.toString();
-  }
-
   // ---------------------------------------------------------------------------------------------
   // State
 
   /** @type {ReturnType<typeof newState>} */
   let state = null;
+  /** @type {ChatClient|null} the connection (the client library) */
+  let client = null;
 
   function newState() {
     return {
-      me: { name: settings.name, userId: undefined },
       rooms: new Map(), // name -> room
       roomOrder: [], // names, in the order shown
       current: null,
       pending: new Map(), // clientMsgId -> pending send, in creation order
-      awaitingAck: new Map(), // room -> clientMsgId of its message sent and not yet acknowledged
-      requests: new Map(), // requestId -> what it asked (for relating replies and errors)
       myReactions: new Map(), // message id -> the emojis this user reacted with (as far as this page knows)
       directNames: new Map(), // direct room -> the other user's name
-      seq: 0,
-      // connection
-      socket: null,
-      gen: 0,
-      opened: false,
-      everConnected: false,
-      attempt: 0,
-      reconnectTimer: 0,
-      reconnectAt: 0,
       countdownTimer: 0,
       holdReconnect: false,
-      pingTimer: 0,
-      pongTimer: 0,
       lastTypingSent: 0,
       lobbyMembersTimer: 0,
       stopped: false,
@@ -252,16 +210,10 @@
       ids: [], // message ids, sorted (UUID v7 sorts in storage order)
       msgs: new Map(), // id -> message
       els: new Map(), // id -> element
-      joined: false, // confirmed by `joined` on the current connection
+      joined: false, // joined and in step on the current connection (the library's `joined`)
       historyLoaded: false,
       hasMoreOlder: false,
       loadingOlder: false,
-      catchingUp: false,
-      // The room's seq up to which this client holds every message (the `sinceSeq` of the next
-      // rejoin), and the seqs it holds past it. Live messages of a room can arrive out of seq
-      // order (two senders' fan-outs interleave), so only a gap-free run moves it.
-      syncedSeq: null,
-      heldSeqs: new Set(),
       members: new Map(), // memberKey -> { member, count }
       typing: new Map(), // memberKey -> { member, timer }
       unread: 0,
@@ -277,104 +229,111 @@
 
   const oldestId = (room) => (room.ids.length ? room.ids[0] : null);
 
+  /** Who we are: from the token, the name, or how the server named us in our own messages. */
+  const me = () => (client ? client.me : { name: settings.name });
+
   function isMine(sender) {
     if (!sender || !state) return false;
-    if (state.me.userId) return sender.userId === state.me.userId;
-    return !sender.userId && sender.name === state.me.name;
+    const self = me();
+    if (self.userId) return sender.userId === self.userId;
+    return !sender.userId && sender.name === self.name;
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Connection
+  // Connection: the library keeps it; the page shows its states.
 
   function isOpen() {
-    return !!(state && state.socket && state.opened && state.socket.readyState === WebSocket.OPEN);
+    return !!(client && client.connected);
   }
 
-  function nextRequestId() {
-    state.seq += 1;
-    return `r${state.gen}-${state.seq}`;
-  }
-
-  /** Sends an action; returns its requestId, or null when not connected. */
-  function send(action, fields, meta) {
-    if (!isOpen()) return null;
-    const requestId = nextRequestId();
-    const frame = { action, ...fields, requestId };
-    state.requests.set(requestId, { action, ...fields, ...meta });
-    state.socket.send(JSON.stringify(frame));
-    return requestId;
+  /** A call's failure, in words, to the person (quiet ones say nothing). */
+  function callFailed(err, req, { quiet = false } = {}) {
+    if (!state || state.stopped || !err) return;
+    if (err.code === 'closed') return; // signed out
+    const code = typeof err.code === 'string' ? err.code : 'internal';
+    // API Gateway's failure frame is told once, by the `error` event.
+    if (!quiet && !err.gateway) toast(describeError(code, req, err.serverMessage), code);
   }
 
   function connect() {
-    if (!state || state.stopped) return;
-    clearTimeout(state.reconnectTimer);
-    clearInterval(state.countdownTimer);
-    state.reconnectTimer = 0;
-    let ws;
+    let c;
     try {
-      ws = new WebSocket(socketUrl());
+      c = new ChatClient({
+        url: settings.server,
+        name: settings.name || undefined,
+        token: settings.token || undefined,
+        // A message typed offline waits for the connection however long it takes, as before.
+        sendTimeout: 0,
+        maxQueue: MAX_QUEUED,
+        // lobby is one of the page's rooms like any other: left with the leave button.
+        lobby: state.rooms.has(LOBBY),
+      });
     } catch (e) {
       failBeforeConnected(`Could not connect: ${e && e.message ? e.message : 'bad server URL'}`);
       return;
     }
-    state.gen += 1;
-    state.socket = ws;
-    state.opened = false;
-    setStatus('connecting');
-
-    ws.onopen = () => {
-      if (ws !== state.socket) return;
-      state.opened = true;
-      state.everConnected = true;
-      state.attempt = 0;
-      setStatus('online');
-      hideBanner();
-      startKeepAlive();
-      // The server puts every connection in lobby without a `joined`; joining explicitly
-      // fetches lobby's members and history. After a reconnect, `sinceSeq` asks only for what
-      // was missed.
-      for (const name of state.roomOrder) {
-        const room = state.rooms.get(name);
-        const sinceSeq = room.syncedSeq;
-        send('joinRoom', sinceSeq != null ? { room: name, sinceSeq } : { room: name }, { sinceSeq });
-      }
-      if (!state.rooms.has(LOBBY)) send('leaveRoom', { room: LOBBY }, { silent: true });
-    };
-
-    ws.onmessage = (ev) => {
-      if (ws !== state.socket) return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch {
-        return; // not ours to interpret
-      }
-      if (frame && typeof frame === 'object') handleFrame(frame);
-    };
-
-    ws.onerror = () => {
-      // A close event always follows; handled there.
-    };
-
-    ws.onclose = (ev) => onSocketClosed(ws, ev);
+    client = c;
+    const live = (fn) => (ev) => { if (client === c && state && !state.stopped) fn(ev); };
+    c.on('state', live(onState));
+    c.on('joined', live(onJoined));
+    c.on('rejoinFailed', live(onRejoinFailed));
+    c.on('message', live(onMessage));
+    c.on('messageUpdated', live(onChange));
+    c.on('messageDeleted', live(onChange));
+    c.on('reactions', live(onChange));
+    c.on('presence', live(onPresence));
+    c.on('typing', live(onTyping));
+    c.on('read', live(onRead));
+    c.on('direct', live(onDirect));
+    c.on('error', live(onServerError));
+    c.connect().catch(() => { /* told by the `closed` state */ });
+    // lobby and the rooms remembered from last time, joined as soon as the connection is open.
+    for (const name of state.roomOrder) joinRoom(name, { remembered: true });
   }
 
-  function onSocketClosed(ws, ev) {
-    if (ws !== state.socket) return;
-    const wasOpen = state.opened;
-    state.socket = null;
-    state.opened = false;
-    stopKeepAlive();
-    onDisconnected();
-    if (!wasOpen && !state.everConnected) {
-      failBeforeConnected('Could not connect to the server. Check the server address, your name and your token, then try again.');
-      return;
+  function onState(ev) {
+    clearInterval(state.countdownTimer);
+    switch (ev.state) {
+      case 'connecting':
+        setStatus('connecting');
+        break;
+      case 'connected':
+        setStatus('online');
+        hideBanner();
+        break;
+      case 'reconnecting': {
+        onDisconnected();
+        // A planned reconnect (before the server's 2-hour limit) happens at once: nothing to say.
+        if (ev.planned) return;
+        setStatus('offline');
+        if (state.holdReconnect) {
+          client.disconnect();
+          return;
+        }
+        const reason = ev.previous === 'connected' ? describeClose(ev.code) : 'Could not connect to the server.';
+        const tick = () => {
+          const secs = Math.max(0, Math.ceil((ev.retryAt - Date.now()) / 1000));
+          showBanner(`${reason} You are offline. Reconnecting${secs > 0 ? ` in ${secs} s` : ''}…`, true);
+        };
+        tick();
+        state.countdownTimer = setInterval(tick, 1000);
+        break;
+      }
+      case 'disconnected':
+        onDisconnected();
+        setStatus('offline');
+        showBanner('You are offline.', false);
+        break;
+      case 'closed':
+        if (ev.error) failBeforeConnected('Could not connect to the server. Check the server address, your name and your token, then try again.');
+        break;
+      default:
+        break;
     }
-    scheduleReconnect(wasOpen ? describeClose(ev) : 'Could not connect to the server.');
   }
 
-  function describeClose(ev) {
-    switch (ev.code) {
+  function describeClose(code) {
+    switch (code) {
       case 1001: return 'The server closed the connection (idle or too long).';
       case 1007: return 'The connection was closed: the server received invalid text.';
       case 1009: return 'The connection was closed: a message was too big.';
@@ -383,19 +342,17 @@
   }
 
   function onDisconnected() {
-    state.requests.clear();
-    state.awaitingAck.clear();
     for (const room of state.rooms.values()) {
       room.joined = false;
       room.dom.timeline.dataset.joined = 'false';
       room.loadingOlder = false;
-      room.catchingUp = false;
       for (const t of room.typing.values()) clearTimeout(t.timer);
       room.typing.clear();
       updateHistoryStart(room);
     }
-    // Anything sent but not acknowledged goes again, with the same clientMsgId, once the room
-    // is joined on the next connection; the server answers a retry without a second broadcast.
+    // Anything sent but not acknowledged goes again (the library resends it with the same
+    // clientMsgId once the room is joined again; the server answers a retry without a second
+    // broadcast).
     for (const p of state.pending.values()) {
       if (p.state === 'sent') p.state = 'queued';
       renderPendingState(p);
@@ -408,136 +365,71 @@
     showLogin(message);
   }
 
-  function scheduleReconnect(reason) {
-    if (state.stopped) return;
-    setStatus('offline');
-    if (state.holdReconnect) {
-      showBanner(`${reason} You are offline.`, false);
-      return;
-    }
-    state.attempt += 1;
-    const exp = Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (state.attempt - 1));
-    const delay = Math.round(exp / 2 + Math.random() * (exp / 2)); // "equal jitter"
-    state.reconnectAt = Date.now() + delay;
-    state.reconnectTimer = setTimeout(connect, delay);
-    const tick = () => {
-      const secs = Math.max(0, Math.ceil((state.reconnectAt - Date.now()) / 1000));
-      showBanner(`${reason} You are offline. Reconnecting${secs > 0 ? ` in ${secs} s` : ''}…`, true);
-    };
-    tick();
-    clearInterval(state.countdownTimer);
-    state.countdownTimer = setInterval(tick, 1000);
-  }
-
   function reconnectNow() {
-    if (!state || isOpen() || (state.socket && state.socket.readyState === WebSocket.CONNECTING)) return;
-    connect();
-  }
-
-  function startKeepAlive() {
-    stopKeepAlive();
-    state.pingTimer = setInterval(() => {
-      if (!isOpen()) return;
-      send('ping', {});
-      clearTimeout(state.pongTimer);
-      const ws = state.socket;
-      state.pongTimer = setTimeout(() => {
-        // No answer: the connection is dead without having said so (sleep, network change).
-        // Closing it cleanly could wait long for the other side: give it up now.
-        if (ws !== state.socket) return;
-        ws.onclose = null;
-        try { ws.close(); } catch { /* already closing */ }
-        onSocketClosed(ws, { code: 1006 });
-      }, PONG_WITHIN);
-    }, PING_EVERY);
-  }
-
-  function stopKeepAlive() {
-    clearInterval(state.pingTimer);
-    clearTimeout(state.pongTimer);
+    if (!client || isOpen()) return;
+    client.reconnect().catch(() => {});
   }
 
   function teardown() {
     if (!state) return;
     state.stopped = true;
-    clearTimeout(state.reconnectTimer);
     clearInterval(state.countdownTimer);
     clearInterval(state.lobbyMembersTimer);
-    stopKeepAlive();
-    const ws = state.socket;
-    state.socket = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      try { ws.close(); } catch { /* already closing */ }
-    }
+    const c = client;
+    client = null;
+    if (c) c.close();
     for (const room of state.rooms.values()) {
       for (const t of room.typing.values()) clearTimeout(t.timer);
     }
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Frames from the server
+  // Events of the connection
 
-  function handleFrame(f) {
-    if (isGatewayError(f)) return onGatewayError(f);
-    switch (f.type) {
-      case 'joined': return onJoined(f);
-      case 'message': return onMessage(f);
-      case 'messageUpdated': return onChange(f);
-      case 'messageDeleted': return onChange(f);
-      case 'ack': return onAck(f);
-      case 'history': return onHistory(f);
-      case 'members': return onMembers(f);
-      case 'presence': return onPresence(f);
-      case 'typing': return onTyping(f);
-      case 'left': return onLeft(f);
-      case 'pong': return onPong(f);
-      case 'updated': case 'deleted': case 'reacted': return takeRequest(f);
-      case 'reactions': return onChange(f);
-      case 'read': return onRead(f);
-      case 'direct': return onDirect(f);
-      case 'rooms': return takeRequest(f);
-      case 'error': return onError(f);
-      default: return undefined; // newer server, unknown frame: ignore
+  /** An error that answers none of our calls: API Gateway's failure frame, or a stray error. */
+  function onServerError(err) {
+    if (err.gateway) {
+      toast(`The server failed to handle a request (${err.serverMessage || 'Internal server error'}). Please try again.`, 'gateway');
+      return;
     }
+    const code = typeof err.code === 'string' ? err.code : 'internal';
+    toast(describeError(code, err.action ? { action: err.action, ...(err.request || {}) } : null, err.serverMessage), code);
   }
 
-  // API Gateway's own frame when the integration behind a request failed (an error, a crash, its
-  // 29 s timeout): {"message": "Internal server error", "connectionId", "requestId"}. Its
-  // requestId is API Gateway's, not ours, so it names none of our requests. Every request still
-  // waiting fails: API Gateway runs a connection's frames concurrently, so "the oldest" would
-  // be a guess that can leave the failed one waiting forever, while failing one that was fine
-  // only costs a retry, and retries are safe (sendMessage is idempotent on clientMsgId, the
-  // others read or repeat). A late answer to a failed request is then ignored.
-  function isGatewayError(f) {
-    return f.type === undefined && typeof f.message === 'string'
-      && typeof f.connectionId === 'string' && typeof f.requestId === 'string';
+  /** Joins a room (the person's, a remembered one, a direct one); the room shows once joined. */
+  function joinRoom(name, { userInitiated = false, remembered = false } = {}) {
+    if (!client) return;
+    client.join(name).then(() => {
+      if (!state || state.stopped) return;
+      const room = state.rooms.get(name);
+      if (room && userInitiated) {
+        switchRoom(room.name);
+        addNotice(room, 'You joined this room.');
+      }
+    }, (err) => {
+      if (!state || state.stopped || err.code === 'closed') return;
+      const req = { action: 'joinRoom', room: name };
+      const room = state.rooms.get(name);
+      if (err.code === 'timeout' && remembered) return; // still trying; it shows when joined
+      callFailed(err, req);
+      // A remembered room that could not be joined stays shown, not joined.
+      if (room && !room.joined && (err.code === 'not_member' || err.code === 'limit_exceeded' || err.code === 'bad_request' || err.code === 'forbidden')) {
+        addNotice(room, `Could not rejoin this room: ${describeError(err.code, req, err.serverMessage)}`, 'error');
+      }
+    });
   }
 
-  function onGatewayError(f) {
-    toast(`The server failed to handle a request (${f.message}). Please try again.`, 'gateway');
-    // The connection is alive: the keep-alive must not wait for a pong that will not come.
-    clearTimeout(state.pongTimer);
-    for (const requestId of [...state.requests.keys()]) {
-      onError({ type: 'error', requestId, code: 'internal' }, { quiet: true });
-    }
+  function onRejoinFailed({ room: name, error }) {
+    const room = state.rooms.get(name);
+    if (!room) return;
+    const words = describeError(error.code, { action: 'joinRoom', room: name }, error.serverMessage);
+    toast(words, error.code);
+    addNotice(room, `Could not rejoin this room: ${words}`, 'error');
   }
 
-  function takeRequest(f) {
-    if (typeof f.requestId !== 'string') return null;
-    const req = state.requests.get(f.requestId) || null;
-    state.requests.delete(f.requestId);
-    return req;
-  }
-
-  function onJoined(f) {
-    const req = takeRequest(f);
-    let room = state.rooms.get(f.room);
-    if (!room) {
-      if (!req || (req.action !== 'joinRoom' && req.action !== 'openDirect')) return; // not asked for by this client
-      if (req.directName) state.directNames.set(f.room, req.directName);
-      room = addRoom(f.room);
-    }
+  /** A room joined (the first time, or again after a reconnect) and in step. */
+  function onJoined({ room: name, reply: f, rejoin }) {
+    const room = state.rooms.get(name) || addRoom(name);
     room.joined = true;
     room.dom.timeline.dataset.joined = 'true';
     setMembers(room, f.members);
@@ -546,81 +438,36 @@
     // state is its connection's: after a reconnect the server knows nothing of it, and this
     // page's own count is the better one.)
     if (typeof f.lastRead === 'string') room.lastRead = f.lastRead;
-    if (state.me.userId && Number.isInteger(f.unread) && room !== currentRoom()) {
+    if (me().userId && Number.isInteger(f.unread) && room !== currentRoom()) {
       room.unread = f.unread;
       renderRoomList();
     }
-    const sinceSeq = req ? req.sinceSeq : null;
-    if (sinceSeq != null) {
-      // Recovering after a reconnect: every event after `sinceSeq`, oldest first.
-      const events = Array.isArray(f.events) ? f.events : [];
-      addEvents(room, events);
-      if (f.hasMore && events.length) fetchAfterSeq(room, events[events.length - 1].seq);
-      // A whole page: every event up to the room's seq at the join is here, or is no event
-      // (a seq whose writer failed, an edit of a message deleted since).
-      else if (!f.hasMore && Number.isInteger(f.seq) && room.syncedSeq != null) {
-        if (f.seq > room.syncedSeq) {
-          room.syncedSeq = f.seq;
-          for (const held of [...room.heldSeqs]) if (held <= f.seq) room.heldSeqs.delete(held);
-          while (room.heldSeqs.delete(room.syncedSeq + 1)) room.syncedSeq += 1;
-        }
-      }
-    } else {
+    // After a reconnect, what was missed came as events already (once, in order); the first
+    // join brings the latest history.
+    if (!rejoin) {
       const history = Array.isArray(f.history) ? f.history : [];
       prependOrMerge(room, history);
       if (!room.historyLoaded) {
         room.historyLoaded = true;
         room.hasMoreOlder = !!f.hasMore;
       }
-      // Every message up to the room's seq at the join is stored (older ones load by
-      // scrolling); what comes after is in this page or arrives live.
-      if (room.syncedSeq == null && Number.isInteger(f.seq)) room.syncedSeq = f.seq;
-      for (const m of history) noteSeq(room, m.seq);
     }
     updateHistoryStart(room);
-    if (req && req.userInitiated) {
-      switchRoom(room.name);
-      addNotice(room, 'You joined this room.');
-    }
     if (room === currentRoom()) {
       followBottom(room);
       fillViewport(room);
       renderMembers();
     }
-    flushPending(room);
+    for (const p of state.pending.values()) if (p.room === name) renderPendingState(p);
     saveStored();
     markRoomRead(room);
   }
 
-  /// A message of the room with this seq is held: the gap-free run moves on while it can.
-  function noteSeq(room, seq) {
-    if (room.syncedSeq == null || !Number.isInteger(seq) || seq <= room.syncedSeq) return;
-    room.heldSeqs.add(seq);
-    while (room.heldSeqs.delete(room.syncedSeq + 1)) room.syncedSeq += 1;
-  }
-
-  /// Recovered events, oldest first: messages, and edits and deletes of messages.
-  function addEvents(room, events) {
-    let fresh = 0;
-    for (const e of events) {
-      if (!e) continue;
-      if (e.type === 'message') {
-        if (e.deleted === true) applyChange(room, { type: 'messageDeleted', id: e.id });
-        else if (addMessage(room, e)) fresh += !isMine(e.sender) ? 1 : 0;
-      } else if (e.type === 'messageUpdated' || e.type === 'messageDeleted' || e.type === 'reactions') {
-        applyChange(room, e);
-      }
-      noteSeq(room, e.seq);
-    }
-    countUnread(room, fresh);
-  }
-
-  /// A live edit or delete of a message (version 2).
+  /// A live edit or delete of a message, or its reactions (version 2).
   function onChange(f) {
     const room = state.rooms.get(f.room);
     if (!room) return;
     applyChange(room, f);
-    noteSeq(room, f.seq);
   }
 
   /// Shows a message's new text ("edited"), or that it was deleted; a message not shown here
@@ -651,81 +498,48 @@
     }
   }
 
-  function fetchAfterSeq(room, afterSeq) {
-    room.catchingUp = true;
-    send('history', { room: room.name, afterSeq, limit: CATCHUP_PAGE }, { direction: 'afterSeq' });
-  }
-
   function onMessage(f) {
     const room = state.rooms.get(f.room);
     if (!room) return;
+    // A tombstone (found deleted by a recovery): the message goes, if it is shown.
+    if (f.deleted === true && room.msgs.has(f.id)) {
+      applyChange(room, { type: 'messageDeleted', id: f.id });
+      return;
+    }
     const mine = isMine(f.sender) || (f.clientMsgId && state.pending.has(f.clientMsgId));
     const isNew = addMessage(room, f);
-    noteSeq(room, f.seq);
     if (!isNew) return;
     clearTypingFor(room, f.sender);
-    if (!mine) countUnread(room, 1);
+    if (!mine && f.deleted !== true) countUnread(room, 1);
     markRoomRead(room);
     if (room === currentRoom() && (room.atBottom || mine)) scrollToBottom(room);
     else if (room === currentRoom()) $('jump-latest').hidden = false;
   }
 
-  function onAck(f) {
-    const req = takeRequest(f);
-    const cid = f.clientMsgId || (req && req.clientMsgId);
-    const p = cid ? state.pending.get(cid) : null;
-    // Whether or not the echo came first (which already showed it), the room's next may go.
-    if (!p) {
-      ackArrived(f.room, cid);
-      return;
-    }
-    const room = state.rooms.get(p.room);
-    // The echo usually arrived first; a retry after a reconnect gets only the ack.
-    if (room && typeof f.id === 'string' && !room.msgs.has(f.id)) {
-      addMessage(room, {
-        room: p.room, id: f.id, ts: f.ts, sender: { ...state.me }, text: p.text, clientMsgId: cid,
-      });
-      if (room === currentRoom()) scrollToBottom(room);
-    }
-    if (room) noteSeq(room, f.seq);
-    resolvePending(cid);
-    ackArrived(p.room, cid);
-  }
-
-  function onHistory(f) {
-    const req = takeRequest(f);
-    const room = state.rooms.get(f.room);
-    if (!room || !req) return;
+  /** A page of older messages (scrolling up). */
+  function onHistory(room, f) {
     const messages = Array.isArray(f.messages) ? f.messages : [];
-    if (req.direction === 'afterSeq') {
-      const events = Array.isArray(f.events) ? f.events : [];
-      addEvents(room, events);
-      if (f.hasMore && events.length) fetchAfterSeq(room, events[events.length - 1].seq);
-      else room.catchingUp = false;
-      if (room === currentRoom() && room.atBottom) scrollToBottom(room);
-    } else {
-      room.loadingOlder = false;
-      room.hasMoreOlder = !!f.hasMore && messages.length > 0;
-      prependOrMerge(room, messages);
-      updateHistoryStart(room);
-      fillViewport(room);
-    }
+    room.loadingOlder = false;
+    room.hasMoreOlder = !!f.hasMore && messages.length > 0;
+    prependOrMerge(room, messages);
+    updateHistoryStart(room);
+    fillViewport(room);
   }
 
-  function onMembers(f) {
-    const req = takeRequest(f);
-    void req;
-    const room = state.rooms.get(f.room);
-    if (!room) return;
-    setMembers(room, f.members);
-    if (Number.isInteger(f.occupancy)) room.occupancy = f.occupancy;
-    if (room === currentRoom()) renderMembers();
+  function refreshMembers(name) {
+    client.members(name).then((f) => {
+      if (!state || state.stopped) return;
+      const room = state.rooms.get(f.room);
+      if (!room) return;
+      setMembers(room, f.members);
+      if (Number.isInteger(f.occupancy)) room.occupancy = f.occupancy;
+      if (room === currentRoom()) renderMembers();
+    }, (err) => callFailed(err, { action: 'members', room: name }, { quiet: err.code === 'timeout' || err.code === 'disconnected' }));
   }
 
   /// `read`: the reply to our markRead, or another tab or device of ours read the room up to
   /// `id`; what is unread here is what came after it.
   function onRead(f) {
-    takeRequest(f);
     const room = state.rooms.get(f.room);
     if (!room || typeof f.id !== 'string') return;
     if (!room.lastRead || f.id > room.lastRead) room.lastRead = f.id;
@@ -742,13 +556,20 @@
     state.directNames.set(f.room, f.from.name);
     const room = state.rooms.get(f.room);
     if (room && room.joined) return;
-    send('joinRoom', { room: f.room });
+    joinRoom(f.room);
   }
 
   /// Opens the direct room with a member (a signed-in user), and shows it.
   function openDirect(member) {
-    if (!member || !member.userId) return;
-    send('openDirect', { userId: member.userId }, { directName: member.name, userInitiated: true });
+    if (!member || !member.userId || !client) return;
+    client.openDirect(member.userId).then((f) => {
+      if (!state || state.stopped) return;
+      state.directNames.set(f.room, member.name);
+      const room = state.rooms.get(f.room) || addRoom(f.room);
+      renderRoomList();
+      switchRoom(room.name);
+      addNotice(room, 'You joined this room.');
+    }, (err) => callFailed(err, { action: 'openDirect', userId: member.userId }));
   }
 
   /** How a room is named in the list: a direct room by the other user. */
@@ -765,12 +586,13 @@
     if (room.markTimer) return;
     room.markTimer = setTimeout(() => {
       room.markTimer = 0;
-      if (!state || room !== currentRoom() || !room.joined || !room.ids.length) return;
+      if (!state || !client || room !== currentRoom() || !room.joined || !room.ids.length) return;
       const latest = room.ids[room.ids.length - 1];
       if (room.lastRead && latest <= room.lastRead) return;
       if (room.markedUpTo && latest <= room.markedUpTo) return;
       room.markedUpTo = latest;
-      send('markRead', { room: room.name, id: latest });
+      // A read mark that did not go through costs a badge at most: nothing to tell the user.
+      client.markRead(room.name, latest).then((f) => { if (state && !state.stopped) onRead(f); }, () => {});
     }, MARK_READ_AFTER_MS);
   }
 
@@ -820,58 +642,6 @@
     clearTimeout(t.timer);
     room.typing.delete(key);
     if (room === currentRoom()) renderTyping();
-  }
-
-  function onLeft(f) {
-    takeRequest(f);
-    removeRoom(f.room);
-  }
-
-  function onPong(f) {
-    takeRequest(f);
-    clearTimeout(state.pongTimer);
-  }
-
-  function onError(f, { quiet = false } = {}) {
-    const req = takeRequest(f);
-    const code = typeof f.code === 'string' ? f.code : 'internal';
-    const words = describeError(code, req, f.message);
-    // A read mark that did not go through costs a badge at most: nothing to tell the user.
-    if (!quiet && !(req && req.action === 'markRead')) toast(words, code);
-    if (!req) return;
-    const room = req.room ? state.rooms.get(req.room) : null;
-    switch (req.action) {
-      case 'sendMessage': {
-        const p = state.pending.get(req.clientMsgId);
-        if (p) {
-          p.state = 'failed';
-          p.error = words;
-          p.code = code;
-          renderPendingState(p);
-          // The next of the room goes; this one waits for the user's retry.
-          ackArrived(p.room, p.cid);
-        }
-        break;
-      }
-      case 'history':
-        if (room) {
-          if (req.direction === 'afterSeq') room.catchingUp = false;
-          else {
-            room.loadingOlder = false;
-            if (code !== 'rate_limited' && code !== 'internal') room.hasMoreOlder = false;
-            updateHistoryStart(room);
-          }
-        }
-        break;
-      case 'joinRoom':
-        // A failed re-join after a reconnect leaves the room shown but not joined.
-        if (room && !room.joined && (code === 'not_member' || code === 'limit_exceeded' || code === 'bad_request' || code === 'forbidden')) {
-          addNotice(room, `Could not rejoin this room: ${words}`, 'error');
-        }
-        break;
-      default:
-        break;
-    }
   }
 
   function describeError(code, req, serverMessage) {
@@ -973,7 +743,7 @@
     renderRoomList();
     renderMembers();
     renderTyping();
-    if (room.joined) send('members', { room: name });
+    if (room.joined) refreshMembers(name);
     markRoomRead(room);
     fillViewport(room);
     closeDrawers();
@@ -1054,7 +824,7 @@
         el('span', { class: 'avatar', 'aria-hidden': 'true', text: initial(member.name), dataset: { hue: String(hue(member.name)) } }),
         el('span', { class: 'member-name', text: member.name }),
         mine ? el('span', { class: 'you', text: '(you)' }) : null,
-        !mine && member.userId && state.me.userId ? directButton(member) : null);
+        !mine && member.userId && me().userId ? directButton(member) : null);
     }));
     // lobby: no presence event keeps its member list current; its number of connections is.
     if (Number.isInteger(room.occupancy)) {
@@ -1120,9 +890,6 @@
     if (msg.clientMsgId && state.pending.has(msg.clientMsgId)) {
       const p = state.pending.get(msg.clientMsgId);
       if (p.room === room.name && msg.text === p.text) {
-        // Learn how the server names us (with a token, the name comes from its claims).
-        if (typeof msg.sender.name === 'string') state.me.name = msg.sender.name;
-        if (msg.sender.userId) state.me.userId = msg.sender.userId;
         node.classList.add('own');
         resolvePending(msg.clientMsgId);
       }
@@ -1204,7 +971,7 @@
       const edit = el('button', { type: 'button', class: 'tool', 'data-testid': 'edit-message', text: 'Edit' });
       edit.addEventListener('click', () => startEdit(msg));
       const del = el('button', { type: 'button', class: 'tool', 'data-testid': 'delete-message', text: 'Delete' });
-      del.addEventListener('click', () => send('deleteMessage', { room: msg.room, id: msg.id }));
+      del.addEventListener('click', () => change('deleteMessage', msg, () => client.delete(msg.room, msg.id)));
       tools.append(edit, del);
     }
     const node = el('div', {
@@ -1247,8 +1014,15 @@
     let mine = state.myReactions.get(msg.id);
     if (!mine) state.myReactions.set(msg.id, (mine = new Set()));
     const had = mine.has(emoji);
-    if (send(had ? 'unreact' : 'react', { room: msg.room, id: msg.id, emoji }) === null) return;
+    if (!isOpen()) return;
+    change(had ? 'unreact' : 'react', msg, () => (had ? client.unreact(msg.room, msg.id, emoji) : client.react(msg.room, msg.id, emoji)));
     if (had) mine.delete(emoji); else mine.add(emoji);
+  }
+
+  /** An edit, a delete or a reaction: the event shows it; a refusal is told in words. */
+  function change(action, msg, call) {
+    if (!client) return;
+    call().catch((err) => callFailed(err, { action, room: msg.room, id: msg.id }));
   }
 
   /** Edits a message in place: Enter sends the new text, Escape gives up. */
@@ -1265,7 +1039,7 @@
       if (e.key === 'Enter' && !e.isComposing) {
         e.preventDefault();
         const value = input.value;
-        if (value.trim() && value !== msg.text) send('editMessage', { room: msg.room, id: msg.id, text: value });
+        if (value.trim() && value !== msg.text) change('editMessage', msg, () => client.edit(msg.room, msg.id, value));
         restore();
       }
     });
@@ -1322,7 +1096,14 @@
     }
     room.loadingOlder = true;
     updateHistoryStart(room);
-    send('history', { room: room.name, before, limit: PAGE }, { direction: 'before' });
+    client.history(room.name, { before, limit: PAGE }).then((f) => {
+      if (state && !state.stopped && state.rooms.get(room.name) === room) onHistory(room, f);
+    }, (err) => {
+      room.loadingOlder = false;
+      if (err.code !== 'rate_limited' && err.code !== 'internal' && err.code !== 'timeout' && err.code !== 'disconnected') room.hasMoreOlder = false;
+      updateHistoryStart(room);
+      callFailed(err, { action: 'history', room: room.name }, { quiet: err.code === 'disconnected' });
+    });
   }
 
   /** When the loaded messages do not fill the view, nothing can be scrolled: load more now. */
@@ -1357,7 +1138,7 @@
   function sendText(text) {
     const room = currentRoom();
     if (!room) return;
-    const cid = uuid();
+    const cid = randomId();
     const p = {
       cid, room: room.name, text, state: 'queued', error: null, code: null, el: null,
     };
@@ -1365,51 +1146,47 @@
     p.el = renderPending(p);
     room.dom.pending.append(p.el);
     scrollToBottom(room);
-    flushPending(room);
+    transmit(p);
     renderPendingState(p);
   }
 
-  /// Whether a message of this room is sent and not yet acknowledged. One at a time per room:
-  /// on AWS each frame is its own Lambda invocation, so two pipelined messages may be stored in
-  /// either order; the next goes after the previous one's ack, which keeps them in the order
-  /// typed (PROTOCOL.md: a message sent after another's ack reaches everyone after it).
-  function inFlight(roomName) {
-    return state.awaitingAck.has(roomName);
-  }
-
+  /// Hands the message to the library, which sends one at a time per room, the next after the
+  /// previous one's ack (on AWS each frame is its own Lambda invocation, so two pipelined
+  /// messages may be stored in either order), keeps it while offline, and sends it again with
+  /// the same clientMsgId after a reconnect unless it was stored.
   function transmit(p) {
-    const frameBytes = new TextEncoder().encode(JSON.stringify({
-      action: 'sendMessage', room: p.room, text: p.text, clientMsgId: p.cid, requestId: 'r0000000-0000000',
-    })).length;
-    if (frameBytes > MAX_FRAME_BYTES) {
-      // Sending it would only get the connection closed (and retried, and closed again).
-      const words = describeError('payload_too_large', { action: 'sendMessage', text: p.text, room: p.room });
-      p.state = 'failed';
-      p.error = words;
-      p.code = 'payload_too_large';
-      renderPendingState(p);
-      toast(words, 'payload_too_large');
-      return;
-    }
-    const requestId = send('sendMessage', { room: p.room, text: p.text, clientMsgId: p.cid }, { clientMsgId: p.cid });
-    if (requestId) {
-      state.awaitingAck.set(p.room, p.cid);
-      p.state = 'sent';
-      p.error = null;
-      renderPendingState(p);
-    }
+    if (!client) return;
+    p.state = 'sent';
+    p.error = null;
+    client.send(p.room, p.text, { clientMsgId: p.cid }).then(
+      (ack) => { if (state && !state.stopped) onAck(p, ack); },
+      (err) => { if (state && !state.stopped) onSendFailed(p, err); },
+    );
   }
 
-  /// Sends the room's oldest queued message, unless one is in flight.
-  function flushPending(room) {
-    if (!room || !room.joined || !isOpen() || inFlight(room.name)) return;
-    for (const p of state.pending.values()) {
-      if (p.room === room.name && p.state === 'queued') {
-        transmit(p);
-        // Refused before it left (too long): the next one may go.
-        if (p.state === 'sent') return;
-      }
+  function onAck(p, ack) {
+    const room = state.rooms.get(p.room);
+    // The echo usually came first (and showed it); if not, the ack says enough to show it.
+    if (room && typeof ack.id === 'string' && !room.msgs.has(ack.id)) {
+      addMessage(room, {
+        room: p.room, id: ack.id, ts: ack.ts, sender: me(), text: p.text, clientMsgId: p.cid,
+      });
+      if (room === currentRoom()) scrollToBottom(room);
     }
+    resolvePending(p.cid);
+  }
+
+  function onSendFailed(p, err) {
+    // Signed out, discarded, or its room left (and so gone from the page).
+    if (err.code === 'closed' || err.code === 'left' || state.pending.get(p.cid) !== p) return;
+    const code = typeof err.code === 'string' ? err.code : 'internal';
+    const words = describeError(code, { action: 'sendMessage', text: p.text, room: p.room }, err.serverMessage);
+    p.state = 'failed';
+    p.error = words;
+    p.code = code;
+    renderPendingState(p);
+    // API Gateway's failure frame is told once, by the library's `error` event.
+    if (!err.gateway) toast(words, code);
   }
 
   function resolvePending(cid) {
@@ -1417,14 +1194,6 @@
     if (!p) return;
     state.pending.delete(cid);
     if (p.el) p.el.remove();
-  }
-
-  /// The ack (or the refusal) of a room's message in flight came: the room's next may go. Not
-  /// on its echo, which comes during the fan-out: only the ack says it reached everyone.
-  function ackArrived(roomName, cid) {
-    if (!roomName || state.awaitingAck.get(roomName) !== cid) return;
-    state.awaitingAck.delete(roomName);
-    flushPending(state.rooms.get(roomName));
   }
 
   function renderPending(p) {
@@ -1449,9 +1218,8 @@
       status.textContent = p.error || 'Not sent.';
       const retry = el('button', { type: 'button', class: 'link-button', 'data-testid': 'retry', text: 'Retry' });
       retry.addEventListener('click', () => {
-        p.state = 'queued';
         p.el.classList.remove('failed');
-        flushPending(state.rooms.get(p.room));
+        transmit(p); // the same clientMsgId: stored once, whatever happened to the first try
         renderPendingState(p);
       });
       const edit = el('button', { type: 'button', class: 'link-button', 'data-testid': 'edit', text: 'Edit' });
@@ -1545,13 +1313,6 @@
     $('timelines').replaceChildren();
     $('toasts').replaceChildren();
     state = newState();
-    if (settings.token) {
-      const claims = decodeJwtClaims(settings.token);
-      if (claims && typeof claims.sub === 'string') {
-        state.me = { name: typeof claims.name === 'string' ? claims.name : claims.sub, userId: claims.sub };
-      }
-    }
-    $('me-name').textContent = state.me.name || '(from your token)';
     $('login').hidden = true;
     $('app').hidden = false;
     // lobby first, then the rooms remembered from last time
@@ -1562,12 +1323,15 @@
     for (const room of state.rooms.values()) updateHistoryStart(room);
     hideBanner();
     connect();
+    if (state.stopped) return; // could not even start (a bad URL)
+    // With a token, the name comes from its claims.
+    $('me-name').textContent = me().name || '(from your token)';
     clearInterval(state.lobbyMembersTimer);
     // lobby has no presence events; refresh its member list now and then while it is in view
     state.lobbyMembersTimer = setInterval(() => {
       const room = currentRoom();
       if (room && room.name === LOBBY && room.joined && document.visibilityState === 'visible') {
-        send('members', { room: LOBBY });
+        refreshMembers(LOBBY);
       }
     }, 15000);
     $('message-input').focus();
@@ -1633,7 +1397,7 @@
     const now = Date.now();
     if (now - state.lastTypingSent >= TYPING_SEND_EVERY && isOpen()) {
       state.lastTypingSent = now;
-      send('typing', { room: room.name });
+      client.typing(room.name);
     }
   }
 
@@ -1651,15 +1415,23 @@
       toast(`Cannot join "${name}" while offline. Try again when the connection is back.`, 'offline');
       return;
     }
-    send('joinRoom', { room: name }, { userInitiated: true });
+    joinRoom(name, { userInitiated: true });
     input.value = '';
   }
 
   function onLeaveClick() {
     const room = currentRoom();
     if (!room) return;
-    if (isOpen() && room.joined) send('leaveRoom', { room: room.name });
-    else removeRoom(room.name); // not joined on the server anyway; nothing to rejoin later
+    const name = room.name;
+    // Not kept by the connection (its rejoin was refused): nothing to tell the server.
+    if (!client || !client.roomNames.includes(name)) {
+      removeRoom(name);
+      return;
+    }
+    client.leave(name).then(() => removeRoom(name), (err) => {
+      callFailed(err, { action: 'leaveRoom', room: name });
+      removeRoom(name); // the connection keeps it no more either way
+    });
   }
 
   function closeDrawers() {
@@ -1696,10 +1468,7 @@
     input.addEventListener('input', onComposerInput);
     $('join-form').addEventListener('submit', onJoinSubmit);
     $('leave-room').addEventListener('click', onLeaveClick);
-    $('reconnect-now').addEventListener('click', () => {
-      if (state) state.attempt = 0;
-      reconnectNow();
-    });
+    $('reconnect-now').addEventListener('click', () => reconnectNow());
     $('sign-out').addEventListener('click', () => {
       teardown();
       showLogin('');
@@ -1709,7 +1478,7 @@
     $('members-toggle').addEventListener('click', () => {
       toggleDrawer('members-open', $('members-toggle'));
       const room = currentRoom();
-      if (room && room.joined && document.body.classList.contains('members-open')) send('members', { room: room.name });
+      if (room && room.joined && document.body.classList.contains('members-open')) refreshMembers(room.name);
     });
     $('members-close').addEventListener('click', closeDrawers);
     $('scrim').addEventListener('click', closeDrawers);
@@ -1730,14 +1499,12 @@
     });
     document.addEventListener('visibilitychange', () => {
       // Back to a page that was in the background (phones freeze timers): retry at once.
-      if (document.visibilityState === 'visible' && state && !state.stopped && !state.socket && !state.holdReconnect) {
-        state.attempt = 0;
+      if (document.visibilityState === 'visible' && state && !state.stopped && !isOpen() && !state.holdReconnect) {
         reconnectNow();
       }
     });
     window.addEventListener('online', () => {
-      if (state && !state.stopped && !state.socket && !state.holdReconnect) {
-        state.attempt = 0;
+      if (state && !state.stopped && !isOpen() && !state.holdReconnect) {
         reconnectNow();
       }
     });
@@ -1756,35 +1523,33 @@
 
   // Hooks for the browser tests. They only reach what a person could cause anyway.
   window.chatDebug = {
-    /** Stops (true) or resumes (false) reconnecting; resuming reconnects at once when offline. */
+    /**
+     * Stops (true) or resumes (false) reconnecting; resuming reconnects at once when offline.
+     * Held while offline, the connection stays down (the library's disconnect()) until resumed.
+     */
     pauseReconnect(on) {
-      if (!state) return;
+      if (!state || !client) return;
       state.holdReconnect = !!on;
       if (on) {
-        clearTimeout(state.reconnectTimer);
-        clearInterval(state.countdownTimer);
-        if (!state.socket) showBanner('You are offline.', false);
-      } else if (!state.socket && !state.stopped) {
-        state.attempt = 0;
-        connect();
+        if (!isOpen()) client.disconnect();
+      } else if (!isOpen() && !state.stopped) {
+        reconnectNow();
       }
     },
-    /** Sends a raw frame on the open connection, remembered like the client's own requests. */
+    /** Sends a raw frame as a call of the library; its error reply is told like the page's own. */
     sendRaw(frame) {
       if (!isOpen()) return null;
-      const requestId = nextRequestId();
-      const full = { ...frame, requestId };
-      state.requests.set(requestId, { ...frame });
-      state.socket.send(JSON.stringify(full));
-      return requestId;
+      const { action, ...fields } = frame;
+      client.request(action, fields).catch((err) => callFailed(err, { ...frame }));
+      return true;
     },
     /** Handles a frame as if the server had sent it. */
     receive(frame) {
-      if (state) handleFrame(frame);
+      if (client) client._receive(frame);
     },
     get online() { return isOpen(); },
     /** Reconnect attempts since the connection was last open. */
-    get attempts() { return state ? state.attempt : 0; },
+    get attempts() { return client ? client.attempt : 0; },
     get pendingCount() { return state ? state.pending.size : 0; },
   };
 

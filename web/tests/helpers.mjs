@@ -17,10 +17,16 @@ export const STATIC_DIR = path.join(REPO, 'web', 'static');
  * web/static instead (for working on the client without rebuilding the server).
  */
 export const WEB_FROM_DISK = process.env.WEB_FROM_DISK === '1';
+/** The client library that app.js imports (clients/js/src, served under /client/). */
+export const CLIENT_DIR = path.join(REPO, 'clients', 'js', 'src');
+export const CLIENT_FILES = ['index.js', 'client.js', 'errors.js', 'emitter.js', 'sequence.js'];
+/** URL path -> [file (relative to web/static), content type]. */
 export const ASSETS = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
   '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  ...Object.fromEntries(CLIENT_FILES.map((f) => [`/client/${f}`,
+    [path.relative(path.join(REPO, 'web', 'static'), path.join(CLIENT_DIR, f)), 'text/javascript; charset=utf-8']])),
 };
 
 /** Generous, because the machine is a shared 2-core box. */
@@ -148,7 +154,7 @@ export class Session {
     this.contexts.push(context);
     const errors = [];
     if (WEB_FROM_DISK) {
-      await context.route(/^http:\/\/127\.0\.0\.1:\d+\/(app\.js|style\.css)?(\?.*)?$/, async (route) => {
+      await context.route(/^http:\/\/127\.0\.0\.1:\d+\/(app\.js|style\.css|client\/[a-z]+\.js)?(\?.*)?$/, async (route) => {
         const { pathname } = new URL(route.request().url());
         const [file, type] = ASSETS[pathname];
         await route.fulfill({ status: 200, contentType: type, body: await readFile(path.join(STATIC_DIR, file)) });

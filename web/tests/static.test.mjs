@@ -1,11 +1,12 @@
-// The binary serves exactly the three client files, as they are in web/static.
+// The binary serves the client's files as they are in web/static, and the client library that
+// app.js imports as they are in clients/js/src (no build step between them).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { startServer, ASSETS, STATIC_DIR, WEB_FROM_DISK } from './helpers.mjs';
 
-test('the binary serves index.html, app.js and style.css, as built from web/static', { timeout: 60_000 }, async () => {
+test('the binary serves index.html, app.js, style.css and the client library, as built from web/static and clients/js/src', { timeout: 60_000 }, async () => {
   const server = await startServer();
   try {
     for (const [urlPath, [file, type]] of Object.entries(ASSETS)) {
@@ -23,7 +24,8 @@ test('the binary serves index.html, app.js and style.css, as built from web/stat
     assert.match(html, /src="\/app\.js"/);
     assert.match(html, /href="\/style\.css"/);
     // Nothing from elsewhere: no absolute http(s) URLs in the client at all.
-    for (const file of ['index.html', 'app.js', 'style.css']) {
+    assert.match(html, /<script type="module" src="\/app\.js">/);
+    for (const file of Object.values(ASSETS).map(([f]) => f)) {
       const text = await readFile(path.join(STATIC_DIR, file), 'utf8');
       const urls = (text.match(/https?:\/\/[^\s'"`)]+/g) || []).filter((u) => !/^https?:\/\/$/.test(u));
       assert.deepEqual(urls, [], `${file} names no outside address`);

@@ -8,6 +8,30 @@ use axum::routing::get;
 const INDEX_HTML: &str = include_str!("../../../web/static/index.html");
 const APP_JS: &str = include_str!("../../../web/static/app.js");
 const STYLE_CSS: &str = include_str!("../../../web/static/style.css");
+/// The client library (clients/js/src), which app.js imports as ES modules: no build step, the
+/// files as they are in the repository.
+const CLIENT_JS: [(&str, &str); 5] = [
+    (
+        "/client/index.js",
+        include_str!("../../../clients/js/src/index.js"),
+    ),
+    (
+        "/client/client.js",
+        include_str!("../../../clients/js/src/client.js"),
+    ),
+    (
+        "/client/errors.js",
+        include_str!("../../../clients/js/src/errors.js"),
+    ),
+    (
+        "/client/emitter.js",
+        include_str!("../../../clients/js/src/emitter.js"),
+    ),
+    (
+        "/client/sequence.js",
+        include_str!("../../../clients/js/src/sequence.js"),
+    ),
+];
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
@@ -20,9 +44,16 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `/`, `/app.js` and `/style.css`.
+/// `/`, `/app.js`, `/style.css` and the client library under `/client/`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+    let mut router = Router::new();
+    for (path, body) in CLIENT_JS {
+        router = router.route(
+            path,
+            get(move || async move { asset("text/javascript; charset=utf-8", body) }),
+        );
+    }
+    router
         .route(
             "/",
             get(|| async {
