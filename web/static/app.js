@@ -285,6 +285,7 @@ import { ChatClient, randomId } from '/client/index.js';
     c.on('typing', live(onTyping));
     c.on('read', live(onRead));
     c.on('direct', live(onDirect));
+    c.on('removed', live(onRemoved));
     c.on('error', live(onServerError));
     c.connect().catch(() => { /* told by the `closed` state */ });
     // lobby and the rooms remembered from last time, joined as soon as the connection is open.
@@ -557,6 +558,16 @@ import { ChatClient, randomId } from '/client/index.js';
     const room = state.rooms.get(f.room);
     if (room && room.joined) return;
     joinRoom(f.room);
+  }
+
+  /// The server took this user out of a room (a ban, or a revoked grant of a private room): the
+  /// room goes from the list, and from the rooms remembered for next time, with a notice.
+  function onRemoved(f) {
+    if (typeof f.room !== 'string' || !state.rooms.has(f.room)) return;
+    const why = f.reason === 'banned' ? 'you are banned from it'
+      : (f.reason === 'revoked' ? 'your access to it was revoked' : 'the server removed you');
+    toast(`You were removed from ${roomLabel(f.room)}: ${why}.`, 'removed');
+    removeRoom(f.room);
   }
 
   /// Opens the direct room with a member (a signed-in user), and shows it.

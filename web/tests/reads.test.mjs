@@ -98,3 +98,49 @@ test('two tabs of one user agree on what is unread; lobby shows how many are con
     delete process.env.CHAT_JWT_SECRET;
   }
 });
+
+test('a user banned from a room by the server API sees it go, with a notice, on every tab', { timeout: 180_000 }, async () => {
+  const API_KEY = 'browser-api-key-0123456789';
+  process.env.CHAT_JWT_SECRET = SECRET;
+  process.env.CHAT_API_KEY = API_KEY;
+  try {
+    await withChatOn(browser, async (s, server) => {
+      const alice = await openAs(s, server, 'u-alice', 'alice');
+      const tab1 = await openAs(s, server, 'u-bob', 'bob');
+      const tab2 = await openAs(s, server, 'u-bob', 'bob');
+      for (const page of [alice, tab1, tab2]) await joinViaUi(page, 'team');
+      await sendViaUi(alice, 'before the ban');
+      for (const tab of [tab1, tab2]) await waitForText(tab, 'team', 'before the ban');
+
+      const ban = await fetch(`${server.url}api/rooms/team/bans/u-bob`, {
+        method: 'PUT', headers: { authorization: `Bearer ${API_KEY}` },
+      });
+      assert.equal(ban.status, 204, await ban.text());
+
+      const teamButton = (page) => page.locator('[data-testid=room-button][data-room="team"]');
+      for (const tab of [tab1, tab2]) {
+        const notice = tab.locator('[data-testid=error-toast][data-code="removed"]').first();
+        await notice.waitFor({ timeout: T });
+        assert.match(await notice.textContent(), /removed from team: you are banned/);
+        await teamButton(tab).waitFor({ state: 'detached', timeout: T });
+        await tab.locator('[data-testid=timeline][data-room="team"]').waitFor({ state: 'detached', timeout: T });
+      }
+      // Alice keeps the room; Bob's pages show nothing more of it.
+      assert.equal(await teamButton(alice).count(), 1);
+      await sendViaUi(alice, 'after the ban');
+      // The room is not remembered: a reload does not try to rejoin it, and a join is refused.
+      await tab1.reload();
+      await waitOnline(tab1);
+      await waitJoined(tab1, 'lobby');
+      assert.equal(await teamButton(tab1).count(), 0);
+      await tab1.locator('#join-room-input').fill('team');
+      await tab1.locator('#join-room-input').press('Enter');
+      await tab1.locator('[data-testid=error-toast][data-code="forbidden"]').first().waitFor({ timeout: T });
+      assert.equal(await teamButton(tab1).count(), 0);
+      assert.equal(await tab2.getByText('after the ban').count(), 0);
+    });
+  } finally {
+    delete process.env.CHAT_JWT_SECRET;
+    delete process.env.CHAT_API_KEY;
+  }
+});
