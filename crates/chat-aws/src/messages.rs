@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::{
     AccessChange, Change, ChangeKind, ClientMsgId, ConnectionId, Cursor, LoggedKind, Member,
@@ -394,6 +396,12 @@ impl DynamoMessages {
                 .set_item(Some(serde_dynamo::to_item(dedupe).map_err(serde_error)?))
                 .condition_expression("attribute_not_exists(#sk)")
                 .expression_attribute_names("#sk", SORT_KEY)
+                // A retry's cancellation then carries the key as stored, with its message's
+                // id: one read less to answer it ("CancellationReasons ... Item", in the
+                // TransactWriteItems API reference).
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
                 .build()
                 .map_err(StoreError::new)?;
             items.push(TransactWriteItem::builder().put(put_dedupe).build());
@@ -460,16 +468,32 @@ impl DynamoMessages {
         };
         // Reasons in the order of the items: allowance, head, message, idempotency key.
         let reasons = cancelled.cancellation_reasons();
-        let key_exists = reasons
+        let Some(key) = reasons
             .get(3)
-            .and_then(|reason| reason.code())
-            .is_some_and(|code| code == "ConditionalCheckFailed");
-        let Some(client_msg_id) = message.client_msg_id.as_ref().filter(|_| key_exists) else {
+            .filter(|reason| reason.code() == Some("ConditionalCheckFailed"))
+        else {
             return Ok(None);
         };
-        let earlier = self
-            .find_by_client_msg_id(&message.room, &message.sender.sender_key(), client_msg_id)
-            .await?;
+        let Some(client_msg_id) = &message.client_msg_id else {
+            return Ok(None);
+        };
+        let earlier = match key.item() {
+            // The key as stored came with the cancellation: read its message.
+            Some(item) => {
+                let dedupe: DedupeItem =
+                    serde_dynamo::from_item(item.clone()).map_err(serde_error)?;
+                self.message_of_key(&message.room, &dedupe).await?
+            }
+            // A store that returned no item: look the key up.
+            None => {
+                self.find_by_client_msg_id(
+                    &message.room,
+                    &message.sender.sender_key(),
+                    client_msg_id,
+                )
+                .await?
+            }
+        };
         Ok(earlier.map(Appended::Duplicate))
     }
 
@@ -1210,6 +1234,15 @@ impl DynamoMessages {
             return Ok(None);
         };
         let dedupe: DedupeItem = serde_dynamo::from_item(dedupe).map_err(serde_error)?;
+        self.message_of_key(room, &dedupe).await
+    }
+
+    /// The message an idempotency key names.
+    async fn message_of_key(
+        &self,
+        room: &RoomName,
+        dedupe: &DedupeItem,
+    ) -> StoreResult<Option<StoredMessage>> {
         let message = self
             .get(room_key(room.as_str(), &dedupe.message_id))
             .await?

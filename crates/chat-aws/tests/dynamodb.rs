@@ -485,3 +485,61 @@ async fn a_deleted_text_is_in_no_item_of_the_table() {
         "the edit's and the reactions' change items went with the delete"
     );
 }
+
+/// A retry in the one-transaction append (the room at rest): the cancelled transaction brings
+/// the idempotency key as stored, so the earlier message is one read away; the retry takes no
+/// token of the allowance.
+#[tokio::test]
+async fn a_retry_at_rest_is_answered_from_its_cancelled_transaction() {
+    use std::sync::Arc;
+
+    use chat_aws::Meter;
+    use chat_core::clock::now_ms;
+    use chat_core::ports::AllowanceClaim;
+    use chat_core::rate_limit::TokenBucket;
+
+    let s = stores("retry-at-rest").await;
+    let ada = connect(&s.connections, "ada").await;
+    let meter = Arc::new(Meter::new());
+    let metered = DynamoMessages::new(s.client.clone(), s.tables.clone()).with_meter(meter.clone());
+    let limit = RateLimit {
+        burst: 10,
+        per_second: 10,
+    };
+    let now = now_ms();
+    let claim = |before: Option<TokenBucket>| {
+        let mut after = before.unwrap_or_else(|| TokenBucket::full(limit, now));
+        assert!(after.try_take(limit, now));
+        AllowanceClaim {
+            connection: ada.clone(),
+            before,
+            after,
+        }
+    };
+    let allowance = async || s.connections.get(&ada).await.unwrap().unwrap().allowance;
+    let lobby = RoomName::lobby();
+
+    metered.prepare_append(&lobby).await;
+    let first_claim = claim(allowance().await);
+    let sent = message("lobby", "ada", "hi", Some("same"));
+    let Some(Appended::New(first)) = metered.append_taking(&sent, &first_claim).await.unwrap()
+    else {
+        panic!("a new message, in one transaction")
+    };
+    assert_eq!(allowance().await, Some(first_claim.after));
+
+    meter.take();
+    metered.prepare_append(&lobby).await;
+    let again = metered
+        .append_taking(&sent, &claim(allowance().await))
+        .await
+        .unwrap();
+    assert_eq!(again, Some(Appended::Duplicate(first)));
+    let tally = meter.take();
+    assert_eq!(
+        tally.calls.get("GetItem"),
+        Some(&2),
+        "the head read ahead, then the earlier message, and no lookup of the key: {tally:?}"
+    );
+    assert_eq!(allowance().await, Some(first_claim.after), "no token taken");
+}
