@@ -466,34 +466,19 @@ impl DynamoMessages {
             Ok(()) => return Ok(Some(Appended::New(stored))),
             Err(cancelled) => cancelled,
         };
-        // Reasons in the order of the items: allowance, head, message, idempotency key.
-        let reasons = cancelled.cancellation_reasons();
-        let Some(key) = reasons
+        // Reasons in the order of the items: allowance, head, message, idempotency key. The key
+        // that cancelled it comes with its reason (ALL_OLD): it names the earlier message. Any
+        // other cancellation goes back to the caller, whose ticket path looks the key up anyway.
+        let Some(key) = cancelled
+            .cancellation_reasons()
             .get(3)
             .filter(|reason| reason.code() == Some("ConditionalCheckFailed"))
+            .and_then(|reason| reason.item())
         else {
             return Ok(None);
         };
-        let Some(client_msg_id) = &message.client_msg_id else {
-            return Ok(None);
-        };
-        let earlier = match key.item() {
-            // The key as stored came with the cancellation: read its message.
-            Some(item) => {
-                let dedupe: DedupeItem =
-                    serde_dynamo::from_item(item.clone()).map_err(serde_error)?;
-                self.message_of_key(&message.room, &dedupe).await?
-            }
-            // A store that returned no item: look the key up.
-            None => {
-                self.find_by_client_msg_id(
-                    &message.room,
-                    &message.sender.sender_key(),
-                    client_msg_id,
-                )
-                .await?
-            }
-        };
+        let dedupe: DedupeItem = serde_dynamo::from_item(key.clone()).map_err(serde_error)?;
+        let earlier = self.message_of_key(&message.room, &dedupe).await?;
         Ok(earlier.map(Appended::Duplicate))
     }
 
