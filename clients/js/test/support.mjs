@@ -86,7 +86,10 @@ export async function startServer({ backend = 'embedded', args = [] } = {}) {
       AWS_ENDPOINT_URL_DYNAMODB: endpoint, AWS_REGION: 'us-east-1',
       AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test',
     });
-    backendArgs.push('--backend', 'lambda', '--create-tables',
+    // moto is not atomic per request as DynamoDB is (a cancelled transaction's rollback can
+    // erase a write made meanwhile, e.g. a message sent to another room at the same moment):
+    // the chat sends it one request at a time.
+    backendArgs.push('--backend', 'lambda', '--create-tables', '--dynamodb-one-at-a-time',
       '--websocket-table', `js-${tag}-WebSocketConnections`, '--messages-table', `js-${tag}-ChatMessages`);
   }
   const server = {

@@ -30,6 +30,7 @@
 //! - [`notifier`]: [`ManagementNotifier`] on `PostToConnection`, and [`ManagementClients`], one
 //!   client per endpoint, built once.
 //! - [`capacity`]: an optional meter of DynamoDB calls and consumed capacity units.
+//! - `one_at_a_time` (feature `one-at-a-time`): DynamoDB requests one at a time, for moto.
 //! - `testing` (feature `testing`): a moto_server for tests.
 
 pub mod capacity;
@@ -37,6 +38,8 @@ pub mod connections;
 mod db;
 pub mod messages;
 pub mod notifier;
+#[cfg(feature = "one-at-a-time")]
+pub mod one_at_a_time;
 pub mod tables;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -155,97 +155,10 @@ pub mod mocked {
 }
 
 /// An SDK configuration for moto (as [`sdk_config`]) whose DynamoDB requests reach moto one at a
-/// time; other requests (the management API) go as they come.
-///
-/// moto checks a write's condition and then writes, in two steps, and undoes a cancelled
-/// transaction by restoring a copy of each table it touched, taken when it began: two requests at
-/// once on one table can both pass a condition, and a cancelled transaction throws away what
-/// others wrote meanwhile (seen here: a sequential retry of an appended message stored it again,
-/// its idempotency key lost to another append's rollback). DynamoDB makes each request atomic.
-/// One request at a time, moto does too, while the stores' calls still interleave between
-/// requests as they do on DynamoDB: concurrency tests race the stores' conditional writes for
-/// real. Each configuration has its own turn, so tests with their own still run side by side.
+/// time ([`crate::one_at_a_time`] says why); other requests (the management API) go as they
+/// come. Each configuration has its own turn, so tests with their own still run side by side.
 pub async fn one_request_at_a_time() -> SdkConfig {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let serial = serial::OneAtATime::new(
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build_https(),
-        dynamodb_endpoint(),
-    );
-    sdk_config()
-        .await
-        .into_builder()
-        .http_client(serial)
-        .build()
-}
-
-mod serial {
-    use std::sync::Arc;
-
-    use aws_smithy_runtime_api::client::http::{
-        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-        SharedHttpConnector,
-    };
-    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-    use tokio::sync::Semaphore;
-
-    /// An HTTP client whose requests to `endpoint` share one turn: each waits for the one before.
-    #[derive(Debug)]
-    pub struct OneAtATime {
-        inner: SharedHttpClient,
-        endpoint: Arc<str>,
-        turn: Arc<Semaphore>,
-    }
-
-    impl OneAtATime {
-        pub fn new(inner: SharedHttpClient, endpoint: String) -> Self {
-            Self {
-                inner,
-                endpoint: endpoint.into(),
-                turn: Arc::new(Semaphore::new(1)),
-            }
-        }
-    }
-
-    impl HttpClient for OneAtATime {
-        fn http_connector(
-            &self,
-            settings: &HttpConnectorSettings,
-            components: &RuntimeComponents,
-        ) -> SharedHttpConnector {
-            SharedHttpConnector::new(InTurn {
-                inner: self.inner.http_connector(settings, components),
-                endpoint: self.endpoint.clone(),
-                turn: self.turn.clone(),
-            })
-        }
-    }
-
-    #[derive(Debug)]
-    struct InTurn {
-        inner: SharedHttpConnector,
-        endpoint: Arc<str>,
-        turn: Arc<Semaphore>,
-    }
-
-    impl HttpConnector for InTurn {
-        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-            if !request.uri().starts_with(&*self.endpoint) {
-                return self.inner.call(request);
-            }
-            let (inner, turn) = (self.inner.clone(), self.turn.clone());
-            HttpConnectorFuture::new(async move {
-                // moto answers once the request is done: the turn ends with the response head.
-                let _turn = turn
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                inner.call(request).await
-            })
-        }
-    }
+    crate::one_at_a_time::dynamodb_requests_one_at_a_time(sdk_config().await, &dynamodb_endpoint())
 }
 
 /// Every DynamoDB request a client made: its operation (`GetItem`, `TransactWriteItems`, ...)

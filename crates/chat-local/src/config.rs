@@ -111,6 +111,13 @@ pub struct Settings {
     #[arg(long, env = "CHAT_LAMBDA_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub lambda_concurrency: u16,
 
+    /// Lambda mode: send DynamoDB requests one at a time, for moto, which is not atomic per
+    /// request as DynamoDB is (a cancelled transaction's rollback can erase a write made
+    /// meanwhile). The endpoint is AWS_ENDPOINT_URL_DYNAMODB's (or AWS_ENDPOINT_URL's). Slower;
+    /// never needed on DynamoDB or DynamoDB Local.
+    #[arg(long, env = "CHAT_DYNAMODB_ONE_AT_A_TIME")]
+    pub dynamodb_one_at_a_time: bool,
+
     /// Lambda mode: the function containers' clocks are this many milliseconds apart (the
     /// first on time, then one ahead, one behind, ...), as the clocks of different machines
     /// are. For tests of what clock skew does.

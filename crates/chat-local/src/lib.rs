@@ -60,10 +60,13 @@ pub async fn run_with(
         BackendKind::Embedded => Arc::new(Embedded::open(&settings, gateway.outbox())?),
         #[cfg(feature = "lambda")]
         BackendKind::Lambda => {
-            let sdk = match &settings.aws {
+            let mut sdk = match &settings.aws {
                 Some(sdk) => sdk.clone(),
                 None => backends::lambda::sdk_config_from_env().await,
             };
+            if settings.dynamodb_one_at_a_time {
+                sdk = backends::lambda::one_request_at_a_time(sdk)?;
+            }
             let addr = listener.local_addr()?;
             Arc::new(backends::lambda::LambdaBackend::open(&settings, &sdk, addr).await?)
         }

@@ -51,6 +51,24 @@ pub async fn sdk_config_from_env() -> SdkConfig {
         .await
 }
 
+/// `sdk`, with its DynamoDB requests sent one at a time (`--dynamodb-one-at-a-time`, for moto) to
+/// the endpoint the environment names for DynamoDB.
+pub fn one_request_at_a_time(sdk: SdkConfig) -> anyhow::Result<SdkConfig> {
+    let endpoint = ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|url| !url.is_empty()))
+        .or_else(|| sdk.endpoint_url().map(str::to_owned))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--dynamodb-one-at-a-time is for a local DynamoDB: set AWS_ENDPOINT_URL_DYNAMODB \
+                 to its URL"
+            )
+        })?;
+    Ok(chat_aws::one_at_a_time::dynamodb_requests_one_at_a_time(
+        sdk, &endpoint,
+    ))
+}
+
 /// The function's containers, as Lambda runs them: an invocation takes an idle container, or
 /// starts a new one when all are busy (a cold start); each container handles one invocation at
 /// a time and keeps its own state (its SDK clients, its cache of room heads, its clock).
