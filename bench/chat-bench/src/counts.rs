@@ -211,7 +211,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
                 .to_owned(),
             rustc_running: rustc_before.max(rustc_after),
         };
-        progress(&format!("{}", table(std::slice::from_ref(&counted))));
+        progress(&table(std::slice::from_ref(&counted)).to_string());
         let _ = fleet.finish().await;
         tokio::task::spawn_blocking(move || server.stop()).await?;
         servers.push(counted);

@@ -457,6 +457,11 @@ fn write_counts(md: &mut String, out: &Path) -> anyhow::Result<()> {
         )?;
         writeln!(md, "{}", crate::counts::table(&run.servers))?;
     }
+    // What the runs show, written by hand beside them: kept when the report is regenerated.
+    if let Ok(notes) = std::fs::read_to_string(out.join("counts-notes.md")) {
+        writeln!(md, "{}", notes.trim_end())?;
+        writeln!(md)?;
+    }
     Ok(())
 }
 
