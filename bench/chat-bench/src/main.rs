@@ -13,6 +13,12 @@
 //! - capacity: 1k, 10k and 19.5k idle connections (a little under the 20,000 file descriptors
 //!   one process may hold here): server RSS per connection and connect rate.
 //!
+//!     chat-bench counts [--label before] [--secs 10]
+//!
+//! counts, per delivery, the system calls by kind, bytes, TCP segments, context switches and
+//! fsyncs of the chat and the relay at the target load (`counts-LABEL.json`, a table in the
+//! report).
+//!
 //!     chat-bench soak [--connections 10000] [--duration 600] [--out docs/bench]
 //!
 //! holds connections open for minutes under light traffic and checks that nothing is lost, no
@@ -20,6 +26,7 @@
 
 mod capacity;
 mod client;
+mod counts;
 mod fanout;
 mod procfs;
 mod proto;
@@ -55,6 +62,9 @@ enum Command {
     Suite(SuiteArgs),
     /// Hold many connections for minutes under light traffic: RSS flat, no errors, nothing lost.
     Soak(soak::SoakArgs),
+    /// Count what each delivery costs the kernel (syscalls by kind, bytes, TCP segments,
+    /// context switches, fsyncs), chat and relay at the target load: `counts-LABEL.json`.
+    Counts(counts::CountsArgs),
     /// Hold idle connections open (a worker of the capacity scenario, started by `suite`).
     #[command(hide = true)]
     Hold(HoldArgs),
@@ -257,6 +267,10 @@ fn main() -> anyhow::Result<()> {
             .host
             .runtime()?
             .block_on(until_interrupted(soak::run(args))),
+        Command::Counts(args) => args
+            .host
+            .runtime()?
+            .block_on(until_interrupted(counts::run(args))),
         Command::Report { results, out } => {
             let suite: SuiteResults = serde_json::from_str(
                 &std::fs::read_to_string(&results)

@@ -351,6 +351,7 @@ pub fn write(suite: &SuiteResults, out: &Path) -> anyhow::Result<()> {
             "Latency percentiles at the target load",
         ));
     }
+    write_counts(&mut md, out)?;
     if !plots.is_empty() {
         writeln!(md, "## Plots\n")?;
         for (file, title) in plots {
@@ -432,6 +433,35 @@ pub fn write(suite: &SuiteResults, out: &Path) -> anyhow::Result<()> {
 
     writeln!(md, "{}", METHOD)?;
     std::fs::write(out.join("REPORT.md"), md)?;
+    Ok(())
+}
+
+/// The per-delivery counts of `chat-bench counts` runs kept beside the report, oldest first.
+fn write_counts(md: &mut String, out: &Path) -> anyhow::Result<()> {
+    let runs = crate::counts::load_all(out);
+    if runs.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Per-delivery counts\n\nFrom `chat-bench counts` (`scripts/counts`): each server alone at {} connections in rooms of {}, with `perf stat -e 'syscalls:sys_enter_*'` attached to it (its CPU figures are a little above the suite's for that), `ss -ti` summed over its connections for bytes and segments, /proc/PID/task/*/status for context switches. Counts hardly depend on what else runs on the machine; CPU time does, so each table gives the load average and whether a compiler was running.\n",
+        runs[0].connections, runs[0].room_size
+    )?;
+    for run in &runs {
+        let rate = run.servers.first().map_or(0.0, |s| s.rate);
+        let secs = run.servers.first().map_or(0.0, |s| s.secs);
+        writeln!(
+            md,
+            "### {} ({}, commit {}, {} msg/s for {:.0} s)\n\n```\n{}\n```\n",
+            run.label, run.date, run.commit, rate, secs, run.command
+        )?;
+        writeln!(md, "{}", crate::counts::table(&run.servers))?;
+    }
+    // What the runs show, written by hand beside them: kept when the report is regenerated.
+    if let Ok(notes) = std::fs::read_to_string(out.join("counts-notes.md")) {
+        writeln!(md, "{}", notes.trim_end())?;
+        writeln!(md)?;
+    }
     Ok(())
 }
 

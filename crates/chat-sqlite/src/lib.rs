@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_core::clock::now_ms;
@@ -34,6 +35,14 @@ use tokio::sync::oneshot;
 
 /// The most appends committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// Group commit is paced: a commit starts at least this many times the measured cost of a
+/// commit (its wall time, mostly the fsync) after the previous one started, so that under
+/// load the writer spends at most about a quarter of its time committing and every commit
+/// carries about four times the writes it would carry unpaced. A write that finds the writer
+/// idle for longer than that is committed at once.
+const COMMIT_SPACING: u32 = 4;
+/// The most a write waits for others to share its commit: a bound on the latency pacing adds.
+const MAX_COMMIT_WAIT: Duration = Duration::from_millis(1);
 /// How often the background checkpointer runs.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// WAL pages past which the writer checkpoints by itself (SQLite's default is 1,000).
@@ -331,21 +340,76 @@ impl Drop for SqliteMessages {
     }
 }
 
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriteRequest>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
+/// When the writer commits: the measured cost of a commit, and when the last one started.
+#[derive(Debug, Clone)]
+struct Pacing {
+    /// A moving average of commits' wall time (the fsync, mostly).
+    cost: Duration,
+    last_start: Option<Instant>,
+}
+
+impl Pacing {
+    fn new() -> Self {
+        Self {
+            cost: Duration::ZERO,
+            last_start: None,
         }
+    }
+
+    /// Until when a batch whose first write arrived at `first` waits for more writes: never
+    /// past `first + MAX_COMMIT_WAIT`, and not at all when the last commit started long enough
+    /// ago (a lone write after a quiet spell, or a disk whose fsync costs next to nothing).
+    fn hold_until(&self, first: Instant, now: Instant) -> Option<Instant> {
+        let spacing = (self.cost * COMMIT_SPACING).min(MAX_COMMIT_WAIT);
+        let until = (self.last_start? + spacing).min(first + MAX_COMMIT_WAIT);
+        (until > now).then_some(until)
+    }
+
+    /// A commit started at `started` and took `took`.
+    fn record(&mut self, started: Instant, took: Duration) {
+        self.cost = if self.last_start.is_none() {
+            took
+        } else {
+            (self.cost * 7 + took) / 8
+        };
+        self.last_start = Some(started);
+    }
+}
+
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriteRequest>) {
+    let mut pacing = Pacing::new();
+    while let Ok(first) = queue.recv() {
+        let batch = gather(&queue, first, &pacing);
+        let started = Instant::now();
         commit_batch(&mut conn, batch);
+        pacing.record(started, started.elapsed());
     }
     // The queue is closed: shutting down.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(error = %e, "WAL checkpoint on close failed");
     }
+}
+
+/// The batch that `first` opens: what is queued behind it once pacing lets the commit start.
+/// The writer sleeps through the hold rather than waiting on the queue, so that writes arriving
+/// meanwhile do not wake it one by one (a futex wake-up and a context switch each).
+fn gather(
+    queue: &mpsc::Receiver<WriteRequest>,
+    first: WriteRequest,
+    pacing: &Pacing,
+) -> Vec<WriteRequest> {
+    let now = Instant::now();
+    if let Some(until) = pacing.hold_until(now, now) {
+        std::thread::sleep(until - now);
+    }
+    let mut batch = vec![first];
+    // A closed queue ends the batch too; the writer's next `recv` sees it closed.
+    while batch.len() < MAX_BATCH
+        && let Ok(request) = queue.try_recv()
+    {
+        batch.push(request);
+    }
+    batch
 }
 
 /// Copies the WAL back into the main file once a second, without blocking the writer
@@ -921,4 +985,66 @@ fn events_after(
         changes,
         has_more,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+
+    fn paced(cost: Duration, last_start: Instant) -> Pacing {
+        let mut pacing = Pacing::new();
+        pacing.record(last_start, cost);
+        pacing
+    }
+
+    #[test]
+    fn the_first_commit_is_not_held() {
+        let now = Instant::now();
+        assert_eq!(Pacing::new().hold_until(now, now), None);
+    }
+
+    #[test]
+    fn a_commit_is_held_until_spacing_times_the_cost_after_the_last_one_started() {
+        let t0 = Instant::now();
+        let pacing = paced(100 * US, t0);
+        let first = t0 + 150 * US;
+        assert_eq!(pacing.hold_until(first, first), Some(t0 + 400 * US));
+    }
+
+    #[test]
+    fn a_write_after_a_quiet_spell_is_committed_at_once() {
+        let t0 = Instant::now();
+        let pacing = paced(100 * US, t0);
+        let first = t0 + 5 * MS;
+        assert_eq!(pacing.hold_until(first, first), None);
+    }
+
+    #[test]
+    fn once_the_hold_has_passed_the_batch_commits() {
+        let t0 = Instant::now();
+        let pacing = paced(100 * US, t0);
+        assert_eq!(pacing.hold_until(t0 + 150 * US, t0 + 400 * US), None);
+    }
+
+    #[test]
+    fn no_write_waits_longer_than_max_commit_wait() {
+        let t0 = Instant::now();
+        // A slow disk: four times its cost is far past the bound.
+        let pacing = paced(10 * MS, t0);
+        assert_eq!(pacing.hold_until(t0, t0), Some(t0 + MAX_COMMIT_WAIT));
+        let first = t0 + 900 * US;
+        assert_eq!(pacing.hold_until(first, first), Some(t0 + MAX_COMMIT_WAIT));
+    }
+
+    #[test]
+    fn the_cost_is_a_moving_average_of_commits() {
+        let t0 = Instant::now();
+        let mut pacing = paced(800 * US, t0);
+        pacing.record(t0 + MS, Duration::ZERO);
+        assert_eq!(pacing.cost, 700 * US);
+        assert_eq!(pacing.last_start, Some(t0 + MS));
+    }
 }
