@@ -356,12 +356,13 @@ impl Pacing {
         }
     }
 
-    /// Until when a batch whose first write arrived at `first` waits for more writes: never
-    /// past `first + MAX_COMMIT_WAIT`, and not at all when the last commit started long enough
-    /// ago (a lone write after a quiet spell, or a disk whose fsync costs next to nothing).
-    fn hold_until(&self, first: Instant, now: Instant) -> Option<Instant> {
+    /// Until when a batch opened at `now` waits for more writes: `COMMIT_SPACING` times the
+    /// cost after the last commit started, at most `MAX_COMMIT_WAIT` after it (so never more
+    /// than that after `now`, which is later), and not at all when that time has passed (a
+    /// lone write after a quiet spell, or a disk whose fsync costs next to nothing).
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
         let spacing = (self.cost * COMMIT_SPACING).min(MAX_COMMIT_WAIT);
-        let until = (self.last_start? + spacing).min(first + MAX_COMMIT_WAIT);
+        let until = self.last_start? + spacing;
         (until > now).then_some(until)
     }
 
@@ -399,7 +400,7 @@ fn gather(
     pacing: &Pacing,
 ) -> Vec<WriteRequest> {
     let now = Instant::now();
-    if let Some(until) = pacing.hold_until(now, now) {
+    if let Some(until) = pacing.hold_until(now) {
         std::thread::sleep(until - now);
     }
     let mut batch = vec![first];
@@ -1003,7 +1004,7 @@ mod tests {
     #[test]
     fn the_first_commit_is_not_held() {
         let now = Instant::now();
-        assert_eq!(Pacing::new().hold_until(now, now), None);
+        assert_eq!(Pacing::new().hold_until(now), None);
     }
 
     #[test]
@@ -1011,7 +1012,7 @@ mod tests {
         let t0 = Instant::now();
         let pacing = paced(100 * US, t0);
         let first = t0 + 150 * US;
-        assert_eq!(pacing.hold_until(first, first), Some(t0 + 400 * US));
+        assert_eq!(pacing.hold_until(first), Some(t0 + 400 * US));
     }
 
     #[test]
@@ -1019,14 +1020,14 @@ mod tests {
         let t0 = Instant::now();
         let pacing = paced(100 * US, t0);
         let first = t0 + 5 * MS;
-        assert_eq!(pacing.hold_until(first, first), None);
+        assert_eq!(pacing.hold_until(first), None);
     }
 
     #[test]
     fn once_the_hold_has_passed_the_batch_commits() {
         let t0 = Instant::now();
         let pacing = paced(100 * US, t0);
-        assert_eq!(pacing.hold_until(t0 + 150 * US, t0 + 400 * US), None);
+        assert_eq!(pacing.hold_until(t0 + 400 * US), None);
     }
 
     #[test]
@@ -1034,9 +1035,9 @@ mod tests {
         let t0 = Instant::now();
         // A slow disk: four times its cost is far past the bound.
         let pacing = paced(10 * MS, t0);
-        assert_eq!(pacing.hold_until(t0, t0), Some(t0 + MAX_COMMIT_WAIT));
+        assert_eq!(pacing.hold_until(t0), Some(t0 + MAX_COMMIT_WAIT));
         let first = t0 + 900 * US;
-        assert_eq!(pacing.hold_until(first, first), Some(t0 + MAX_COMMIT_WAIT));
+        assert_eq!(pacing.hold_until(first), Some(t0 + MAX_COMMIT_WAIT));
     }
 
     #[test]
