@@ -25,9 +25,9 @@ use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::HostArgs;
 use crate::fanout::{Fleet, Scenario};
 use crate::servers::{Kind, Server};
+use crate::{HostArgs, procfs};
 
 /// The system calls counted, by tracepoint name (`syscalls:sys_enter_NAME`).
 pub const SYSCALLS: &[&str] = &[
@@ -172,7 +172,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
         let (user0, sys0) = server.cpu_split();
         let ss0 = socket_counters(port);
         let snmp0 = machine_out_segs();
-        let ctxt0 = context_switches(pid);
+        let ctxt0 = procfs::context_switches(pid);
         let perf_out = programs.work_dir.join(format!("perf-{}.txt", kind.label()));
         std::fs::create_dir_all(&programs.work_dir)?;
         let perf = start_perf(pid, &perf_out);
@@ -183,7 +183,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
         let (user1, sys1) = server.cpu_split();
         let ss1 = socket_counters(port);
         let snmp1 = machine_out_segs();
-        let ctxt1 = context_switches(pid);
+        let ctxt1 = procfs::context_switches(pid);
         let rustc_after = rustc_running();
         let mut syscalls = syscalls;
         let total = syscalls.remove("raw_syscalls:sys_enter");
@@ -458,29 +458,6 @@ fn machine_out_segs() -> u64 {
         .find(|(name, _)| *name == "OutSegs")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// Voluntary and involuntary context switches, summed over the process's threads.
-fn context_switches(pid: u32) -> (u64, u64) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
-    };
-    let mut total = (0, 0);
-    for task in tasks.filter_map(Result::ok) {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            let value = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
-            if let Some(n) = value("voluntary_ctxt_switches:") {
-                total.0 += n;
-            } else if let Some(n) = value("nonvoluntary_ctxt_switches:") {
-                total.1 += n;
-            }
-        }
-    }
-    total
 }
 
 fn rustc_running() -> usize {

@@ -1,4 +1,4 @@
-//! What the kernel says about a process and about the machine: CPU seconds and RSS from /proc.
+//! What the kernel says about a process and about the machine: CPU seconds, RSS and context switches from /proc.
 
 use std::fs;
 
@@ -58,6 +58,29 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Voluntary and involuntary context switches, summed over the process's threads.
+pub fn context_switches(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let mut total = (0, 0);
+    for task in tasks.filter_map(Result::ok) {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let value = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let Some(n) = value("voluntary_ctxt_switches:") {
+                total.0 += n;
+            } else if let Some(n) = value("nonvoluntary_ctxt_switches:") {
+                total.1 += n;
+            }
+        }
+    }
+    total
 }
 
 /// The file descriptors a process holds (its sockets included), or 0 when it is gone.
