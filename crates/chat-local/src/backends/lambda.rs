@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use aws_config::SdkConfig;
 use aws_config::meta::region::RegionProviderChain;
-use aws_config::{BehaviorVersion, SdkConfig};
 use aws_lambda_events::encodings::Body;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
 use chat_core::api::ApiResponse;
@@ -45,10 +45,7 @@ use crate::gateway::{
 /// is set: a local DynamoDB does not care, and the SDK refuses to sign without one.
 pub async fn sdk_config_from_env() -> SdkConfig {
     let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .load()
-        .await
+    chat_aws::sdk::defaults().region(region).load().await
 }
 
 /// `sdk`, with its DynamoDB requests sent one at a time (`--dynamodb-one-at-a-time`, for moto) to
