@@ -29,6 +29,7 @@
 //! - [`messages`]: [`DynamoMessages`], the [`MessageStore`](chat_core::ports::MessageStore).
 //! - [`notifier`]: [`ManagementNotifier`] on `PostToConnection`, and [`ManagementClients`], one
 //!   client per endpoint, built once.
+//! - [`sdk`]: the SDK's configuration and its HTTPS client (rustls on ring).
 //! - [`capacity`]: an optional meter of DynamoDB calls and consumed capacity units.
 //! - `one_at_a_time` (feature `one-at-a-time`): DynamoDB requests one at a time, for moto.
 //! - `testing` (feature `testing`): a moto_server for tests.
@@ -40,6 +41,7 @@ pub mod messages;
 pub mod notifier;
 #[cfg(feature = "one-at-a-time")]
 pub mod one_at_a_time;
+pub mod sdk;
 pub mod tables;
 #[cfg(feature = "testing")]
 pub mod testing;

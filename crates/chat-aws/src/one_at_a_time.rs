@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
     SharedHttpConnector,
@@ -26,12 +25,7 @@ use tokio::sync::Semaphore;
 /// `config`, with its requests to `endpoint` (the DynamoDB stand-in's URL) sent one at a time:
 /// each waits for the answer to the one before. Requests elsewhere go as they come.
 pub fn dynamodb_requests_one_at_a_time(config: SdkConfig, endpoint: &str) -> SdkConfig {
-    let serial = OneAtATime::new(
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build_https(),
-        endpoint.to_owned(),
-    );
+    let serial = OneAtATime::new(crate::sdk::https_client(), endpoint.to_owned());
     config.into_builder().http_client(serial).build()
 }
 

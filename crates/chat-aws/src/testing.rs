@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{Region, SdkConfig};
 
 use crate::tables::{Tables, create_tables};
 
@@ -30,7 +30,7 @@ pub fn dynamodb_endpoint() -> String {
 /// An SDK configuration for moto: its endpoint for DynamoDB, a region, test credentials.
 pub async fn sdk_config() -> SdkConfig {
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    aws_config::defaults(BehaviorVersion::latest())
+    crate::sdk::defaults()
         .region(Region::new(region))
         .test_credentials()
         .endpoint_url(dynamodb_endpoint())

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use aws_config::BehaviorVersion;
 use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest,
     ApiGatewayWebsocketProxyRequest,
 };
 use lambda_runtime::{LambdaEvent, service_fn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 use crate::authorizer::{Authorizer, AuthorizerConfig};
 use crate::config::Config;
@@ -68,7 +67,7 @@ pub async fn invoke(
 pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
     init_logging();
     let config = Config::from_env()?;
-    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let sdk = chat_aws::sdk::for_lambda(|name| std::env::var(name).ok());
     let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
     let recorder = EmfRecorder::default();
     if metrics::set_global_recorder(recorder.clone()).is_err() {
@@ -98,7 +97,7 @@ pub async fn run(route: Route) -> Result<(), lambda_runtime::Error> {
 pub async fn run_api() -> Result<(), lambda_runtime::Error> {
     init_logging();
     let config = Config::from_env()?;
-    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let sdk = chat_aws::sdk::for_lambda(|name| std::env::var(name).ok());
     let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
     let recorder = EmfRecorder::default();
     if metrics::set_global_recorder(recorder.clone()).is_err() {
@@ -139,22 +138,86 @@ pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
 
 /// JSON lines on stdout, which CloudWatch keeps (and timestamps). `RUST_LOG` sets the level, else
 /// Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+///
+/// `RUST_LOG` is read as [`Targets`] (`warn`, `info,chat_core=debug`): a level per target, which
+/// is all a function's log needs. `EnvFilter`'s span and field filters would bring the regex
+/// engine into every bootstrap (docs/bench/LAMBDA.md).
 pub fn init_logging() {
-    let lambda_level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .ok()
-        .filter(|level| !level.is_empty())
-        .map(|level| level.to_lowercase());
-    let filter = EnvFilter::try_from_default_env()
-        .ok()
-        .or_else(|| lambda_level.and_then(|level| EnvFilter::try_new(level).ok()))
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+    );
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let json_lines = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
         .without_time()
         .with_target(false)
-        .with_ansi(false)
+        .with_ansi(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json_lines)
         .init();
+}
+
+/// The filter of [`init_logging`]: `RUST_LOG` when it is set and reads as a filter, else
+/// Lambda's log level (`AWS_LAMBDA_LOG_LEVEL`: `TRACE` … `ERROR`, and `FATAL`, which tracing has
+/// not, read as `ERROR`), else `info`.
+fn log_filter(rust_log: Option<&str>, lambda_level: Option<&str>) -> Targets {
+    let from_rust_log = rust_log
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .and_then(|value| value.parse::<Targets>().ok());
+    let from_lambda = || {
+        let level = lambda_level?.trim().to_ascii_lowercase();
+        let level = if level == "fatal" {
+            "error".into()
+        } else {
+            level
+        };
+        level.parse::<tracing::Level>().ok()
+    };
+    from_rust_log.unwrap_or_else(|| {
+        Targets::new().with_default(from_lambda().unwrap_or(tracing::Level::INFO))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_then_the_lambda_level_then_info() {
+        let default = |filter: tracing_subscriber::filter::Targets| filter.default_level();
+        assert_eq!(default(log_filter(None, None)), Some(LevelFilter::INFO));
+        assert_eq!(
+            default(log_filter(Some("warn"), Some("DEBUG"))),
+            Some(LevelFilter::WARN)
+        );
+        assert_eq!(
+            default(log_filter(None, Some("DEBUG"))),
+            Some(LevelFilter::DEBUG)
+        );
+        // Lambda's FATAL is no level of tracing's: its nearest, ERROR.
+        assert_eq!(
+            default(log_filter(None, Some("FATAL"))),
+            Some(LevelFilter::ERROR)
+        );
+        assert_eq!(
+            default(log_filter(None, Some("loud"))),
+            Some(LevelFilter::INFO)
+        );
+        assert_eq!(
+            default(log_filter(Some("  "), None)),
+            Some(LevelFilter::INFO)
+        );
+        let targets = log_filter(Some("warn,chat_core=debug"), None);
+        assert!(targets.would_enable("chat_core::service", &Level::DEBUG));
+        assert!(!targets.would_enable("aws_smithy_runtime", &Level::INFO));
+    }
 }

@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_lambda_events::encodings::Body;
 use chat_aws::{ManagementNotifier, Tables, create_tables};
 use chat_core::api::ApiResponse;
@@ -44,11 +43,20 @@ use crate::gateway::{
 /// The SDK's configuration from the environment (as on Lambda), with `us-east-1` when no region
 /// is set: a local DynamoDB does not care, and the SDK refuses to sign without one.
 pub async fn sdk_config_from_env() -> SdkConfig {
-    let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .load()
-        .await
+    // The loader's own region chain, not `RegionProviderChain::default_provider()`: that one
+    // builds its IMDS client without the loader's HTTP client, and the SDK has no default one
+    // (chat_aws::sdk): the binary panicked at start.
+    let sdk = chat_aws::sdk::defaults().load().await;
+    // An empty `AWS_REGION` counts as none (the SDK would take "" and refuse every request).
+    if sdk
+        .region()
+        .is_some_and(|region| !region.as_ref().is_empty())
+    {
+        return sdk;
+    }
+    sdk.into_builder()
+        .region(aws_config::Region::new("us-east-1"))
+        .build()
 }
 
 /// `sdk`, with its DynamoDB requests sent one at a time (`--dynamodb-one-at-a-time`, for moto) to

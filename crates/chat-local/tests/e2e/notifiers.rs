@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region};
+use aws_config::Region;
 use chat_aws::ManagementClients;
 use chat_core::domain::ConnectionId;
 use chat_core::ports::Notifier;
@@ -29,7 +29,7 @@ impl Gateway {
     async fn start() -> Self {
         // The suite opens a few hundred connections from one address, past its default rate.
         let server = TestServer::start_with(|settings| settings.ip_connect_burst = 1000).await;
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
+        let sdk = chat_aws::sdk::defaults()
             .region(Region::new("us-east-1"))
             .test_credentials()
             .load()
