@@ -273,6 +273,11 @@ def expect_ok(function, answer):
     status = answer.get("statusCode")
     if status not in (200, 201):
         raise RuntimeError(f"{function} answered {status}: {answer.get('body')}")
+    if function == "message":
+        # The reply frame is the body: `joined`, `ack` or `history`, never `error` or nothing.
+        frame = json.loads(answer.get("body") or "{}")
+        if frame.get("type") not in ("joined", "ack", "history"):
+            raise RuntimeError(f"message answered {answer.get('body')!r}")
 
 
 def memory_kib(pid):
@@ -386,7 +391,10 @@ FUNCTIONS = ["connect", "message", "disconnect", "authorizer", "api"]
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstraps", required=True, help="the x86_64 binaries (run here)")
-    parser.add_argument("--zips", required=True, help="cargo lambda's target/lambda (arm64)")
+    parser.add_argument(
+        "--zips",
+        help="cargo lambda's target/lambda (arm64); without it, the sizes are of --bootstraps'",
+    )
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--starts", type=int, default=10, help="cold starts timed per function")
     parser.add_argument("--label", default="")
@@ -424,7 +432,10 @@ def main():
         rows = []
         for function in FUNCTIONS:
             bootstrap = os.path.join(args.bootstraps, function)
-            zip_path = os.path.join(args.zips, function, "bootstrap")
+            if args.zips:
+                zip_path = os.path.join(args.zips, function, "bootstrap")
+            else:
+                zip_path = bootstrap
             row = {"function": function, "label": args.label}
             row["binary_bytes"] = os.path.getsize(zip_path)
             row["zip_bytes"] = zipped_size(zip_path)
