@@ -23,9 +23,13 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use tokio::sync::Semaphore;
 
 /// `config`, with its requests to `endpoint` (the DynamoDB stand-in's URL) sent one at a time:
-/// each waits for the answer to the one before. Requests elsewhere go as they come.
+/// each waits for the answer to the one before. Requests elsewhere go as they come. The
+/// requests go through `config`'s own client (built once, by [`crate::sdk`]), wrapped.
 pub fn dynamodb_requests_one_at_a_time(config: SdkConfig, endpoint: &str) -> SdkConfig {
-    let serial = OneAtATime::new(crate::sdk::https_client(), endpoint.to_owned());
+    let inner = config
+        .http_client()
+        .unwrap_or_else(crate::sdk::https_client);
+    let serial = OneAtATime::new(inner, endpoint.to_owned());
     config.into_builder().http_client(serial).build()
 }
 

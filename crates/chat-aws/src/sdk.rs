@@ -4,7 +4,8 @@
 //! the functions' one other TLS user, reqwest (the authorizer's JWKS), is rustls on ring. Building
 //! the SDK's client here on ring links one crypto library into each bootstrap instead of two:
 //! docs/bench/LAMBDA.md has the sizes and init times of both choices. Every SDK configuration of
-//! the project starts from [`defaults`]: without the feature, the SDK has no client of its own.
+//! the project starts from [`defaults`] (the local binary, tests, examples) or [`for_lambda`]
+//! (the functions): without the feature, the SDK has no client of its own.
 
 use aws_config::{BehaviorVersion, ConfigLoader};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
