@@ -207,3 +207,64 @@ async fn unread_counts_reach_past_what_a_frame_shows() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn two_stores_on_one_file_number_a_room_in_turn() {
+    // Each writer remembers its rooms' heads; a commit by another connection (a second
+    // process on the same file) must make it read them again, not reuse a taken seq.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let first = SqliteMessages::open(&path).unwrap();
+    let second = SqliteMessages::open(&path).unwrap();
+    let mut seqs = Vec::new();
+    for (n, store) in [&first, &second, &first, &second, &first]
+        .into_iter()
+        .enumerate()
+    {
+        let appended = store
+            .append(message(
+                "r",
+                "ada",
+                &format!("m{n}"),
+                Some(&format!("c{n}")),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("append {n}: {e}"));
+        let Appended::New(stored) = appended else {
+            panic!("append {n} was taken for a retry");
+        };
+        seqs.push(stored.seq);
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let page = first.page(&room("r"), Cursor::Latest, 10).await.unwrap();
+    assert_eq!(texts(&page), ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn a_retry_is_recognised_by_a_store_that_remembers_the_rooms_head() {
+    // The writer inserts first and looks the clientMsgId up only when the index refuses it:
+    // the retry gets the first message back, and the room's next message its next seq.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteMessages::open(&dir.path().join("chat.db")).unwrap();
+    let first = store
+        .append(message("r", "ada", "once", Some("c1")))
+        .await
+        .unwrap();
+    let retry = store
+        .append(message("r", "ada", "once", Some("c1")))
+        .await
+        .unwrap();
+    let Appended::New(first) = first else {
+        panic!("the first append is new")
+    };
+    assert_eq!(retry, Appended::Duplicate(first.clone()));
+    let Appended::New(next) = store
+        .append(message("r", "ada", "next", Some("c2")))
+        .await
+        .unwrap()
+    else {
+        panic!("a new clientMsgId is a new message")
+    };
+    assert_eq!(next.seq, first.seq + 1);
+    assert!(next.id > first.id);
+}
