@@ -90,6 +90,10 @@ pub struct Counted {
     pub lost: u64,
     pub user_s: f64,
     pub sys_s: f64,
+    /// User and kernel seconds per thread name over the step (the chat's `sqlite-writer` apart
+    /// from its `tokio-rt-worker`s); empty in runs from before it was counted.
+    #[serde(default)]
+    pub cpu_by_thread: BTreeMap<String, (f64, f64)>,
     /// Per kind; absent when perf could not count.
     pub syscalls: BTreeMap<String, u64>,
     /// Every system call (`raw_syscalls:sys_enter`).
@@ -170,6 +174,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
         let port = server.addr.port();
         let rustc_before = rustc_running();
         let (user0, sys0) = server.cpu_split();
+        let threads0 = procfs::cpu_by_thread(pid);
         let ss0 = socket_counters(port);
         let snmp0 = machine_out_segs();
         let ctxt0 = procfs::context_switches(pid);
@@ -181,6 +186,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
             .await?;
         let syscalls = perf.map(|p| stop_perf(p, &perf_out)).unwrap_or_default();
         let (user1, sys1) = server.cpu_split();
+        let threads1 = procfs::cpu_by_thread(pid);
         let ss1 = socket_counters(port);
         let snmp1 = machine_out_segs();
         let ctxt1 = procfs::context_switches(pid);
@@ -197,6 +203,7 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
             lost: step.lost,
             user_s: user1 - user0,
             sys_s: sys1 - sys0,
+            cpu_by_thread: thread_deltas(&threads0, threads1),
             syscalls,
             syscalls_total: total,
             bytes_sent: ss1.bytes_sent.saturating_sub(ss0.bytes_sent),
@@ -235,6 +242,21 @@ pub async fn run(args: CountsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each thread name's CPU over the step; names that used none are left out.
+fn thread_deltas(
+    before: &BTreeMap<String, (f64, f64)>,
+    after: BTreeMap<String, (f64, f64)>,
+) -> BTreeMap<String, (f64, f64)> {
+    after
+        .into_iter()
+        .filter_map(|(name, (user, sys))| {
+            let (user0, sys0) = before.get(&name).copied().unwrap_or_default();
+            let delta = ((user - user0).max(0.0), (sys - sys0).max(0.0));
+            (delta.0 + delta.1 > 0.0).then_some((name, delta))
+        })
+        .collect()
+}
+
 /// The per-delivery table of some servers' counts, one column each.
 pub fn table(servers: &[Counted]) -> String {
     use std::fmt::Write as _;
@@ -266,6 +288,27 @@ pub fn table(servers: &[Counted]) -> String {
             s.sys_s * 1e6 / d
         )
     });
+    let mut threads: Vec<&String> = servers
+        .iter()
+        .flat_map(|s| s.cpu_by_thread.keys())
+        .collect();
+    threads.sort();
+    threads.dedup();
+    for thread in threads {
+        row(&format!("… of which thread `{thread}`"), &|s| {
+            let d = s.deliveries.max(1) as f64;
+            s.cpu_by_thread
+                .get(thread)
+                .map_or("-".into(), |(user, sys)| {
+                    format!(
+                        "{:.2} ({:.2} + {:.2})",
+                        (user + sys) * 1e6 / d,
+                        user * 1e6 / d,
+                        sys * 1e6 / d
+                    )
+                })
+        });
+    }
     row("p99 ms (lost)", &|s| {
         format!("{:.2} ({})", s.p99_ms, s.lost)
     });
@@ -482,6 +525,27 @@ fn git_commit() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_cpu_is_what_it_used_during_the_step() {
+        let before = BTreeMap::from([
+            ("sqlite-writer".to_owned(), (1.0, 2.0)),
+            ("idle".to_owned(), (0.5, 0.5)),
+        ]);
+        let after = BTreeMap::from([
+            ("sqlite-writer".to_owned(), (1.5, 2.25)),
+            ("idle".to_owned(), (0.5, 0.5)),
+            ("started-later".to_owned(), (0.0, 0.125)),
+        ]);
+        let deltas = thread_deltas(&before, after);
+        assert_eq!(
+            deltas,
+            BTreeMap::from([
+                ("sqlite-writer".to_owned(), (0.5, 0.25)),
+                ("started-later".to_owned(), (0.0, 0.125)),
+            ])
+        );
+    }
 
     #[test]
     fn reads_ss_counters() {

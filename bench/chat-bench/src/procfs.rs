@@ -20,6 +20,11 @@ pub fn cpu_split(pid: u32) -> (f64, f64) {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return (0.0, 0.0);
     };
+    split_of(&stat)
+}
+
+/// utime and stime of a `stat` file's text, in seconds.
+fn split_of(stat: &str) -> (f64, f64) {
     // The command name may hold spaces; the fields after it are numbers.
     let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
         return (0.0, 0.0);
@@ -36,6 +41,28 @@ pub fn cpu_split(pid: u32) -> (f64, f64) {
         ticks(11) as f64 / clock_ticks(),
         ticks(12) as f64 / clock_ticks(),
     )
+}
+
+/// User and system CPU seconds per thread name (threads of one name summed: a pool's workers),
+/// empty when the process is gone.
+pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let (Ok(name), Ok(stat)) = (
+            fs::read_to_string(task.path().join("comm")),
+            fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let (user, system) = split_of(&stat);
+        let entry: &mut (f64, f64) = by_name.entry(name.trim().to_owned()).or_default();
+        entry.0 += user;
+        entry.1 += system;
+    }
+    by_name
 }
 
 /// Resident set size in bytes, or 0 when the process is gone.
@@ -229,4 +256,28 @@ pub fn fsync_latency(dir: &std::path::Path, count: usize) -> std::io::Result<(f6
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
     Ok((at(0.5), at(0.99), at(1.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_threads_cpu_is_counted_under_its_name() {
+        let busy = std::thread::Builder::new()
+            .name("procfs-busy".into())
+            .spawn(|| {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(200) {
+                    x = x.wrapping_mul(31).wrapping_add(1);
+                }
+                std::hint::black_box(x);
+                cpu_by_thread(std::process::id())
+            })
+            .unwrap();
+        let seen = busy.join().unwrap();
+        let (user, sys) = seen.get("procfs-busy").copied().unwrap_or_default();
+        assert!(user + sys >= 0.05, "{seen:?}");
+    }
 }
