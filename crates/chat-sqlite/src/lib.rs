@@ -245,11 +245,6 @@ impl SqliteMessages {
             .and_then(|mut conn| migrate(&mut conn).map(|()| conn))
             .and_then(|conn| {
                 conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
-                    // 16 MiB of pages (SQLite's default is 2 MiB): every busy room's leaf
-                    // pages of the table and both indexes stay in memory. With the default,
-                    // the writer read 0.85 pages back per message at the bench's 100 rooms;
-                    // with this, 0.27.
-                    .and_then(|()| conn.pragma_update(None, "cache_size", -16384))
                     .map(|()| conn)
             })
             .map_err(|e| store_error(format!("cannot open {}: {e}", path.display())))?;
