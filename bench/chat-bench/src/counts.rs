@@ -279,15 +279,17 @@ pub fn table(servers: &[Counted]) -> String {
     row("messages, deliveries", &|s| {
         format!("{}, {}", s.messages, s.deliveries)
     });
-    row("CPU µs (user + kernel)", &|s| {
+    // CPU seconds as µs per delivery: "total (user + kernel)".
+    let cpu = |s: &Counted, user: f64, sys: f64| {
         let d = s.deliveries.max(1) as f64;
         format!(
             "{:.2} ({:.2} + {:.2})",
-            (s.user_s + s.sys_s) * 1e6 / d,
-            s.user_s * 1e6 / d,
-            s.sys_s * 1e6 / d
+            (user + sys) * 1e6 / d,
+            user * 1e6 / d,
+            sys * 1e6 / d
         )
-    });
+    };
+    row("CPU µs (user + kernel)", &|s| cpu(s, s.user_s, s.sys_s));
     let mut threads: Vec<&String> = servers
         .iter()
         .flat_map(|s| s.cpu_by_thread.keys())
@@ -296,17 +298,9 @@ pub fn table(servers: &[Counted]) -> String {
     threads.dedup();
     for thread in threads {
         row(&format!("… of which thread `{thread}`"), &|s| {
-            let d = s.deliveries.max(1) as f64;
             s.cpu_by_thread
                 .get(thread)
-                .map_or("-".into(), |(user, sys)| {
-                    format!(
-                        "{:.2} ({:.2} + {:.2})",
-                        (user + sys) * 1e6 / d,
-                        user * 1e6 / d,
-                        sys * 1e6 / d
-                    )
-                })
+                .map_or("-".into(), |&(user, sys)| cpu(s, user, sys))
         });
     }
     row("p99 ms (lost)", &|s| {
