@@ -455,9 +455,12 @@ impl Heads {
     /// At the start of a transaction that holds the write lock (so that no other connection
     /// commits until it ends): forgets what another connection may have changed.
     fn check(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let version = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        // Once per batch: prepared once, not parsed again each time.
+        let version = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?;
         if self.data_version != Some(version) {
-            self.rooms.clear();
+            self.forget();
             self.data_version = Some(version);
         }
         Ok(())
