@@ -312,6 +312,30 @@ pub trait MessageStore: Send + Sync {
     -> StoreResult<Changed>;
 }
 
+/// Who gets one event of a room now: [`FanOut::recipients`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    /// These connections: the caller posts to them before it answers.
+    Now(Vec<ConnectionId>),
+    /// Nobody now: a queue took the event and posts it to every member (but the one excepted)
+    /// later, in order (a room too large for one invocation: the AWS adapter's sharded fan-out).
+    Queued,
+}
+
+/// How a room's events reach its members, when that is not always "post to each now". Without
+/// one, [`Chat`](crate::Chat) posts to [`ConnectionStore::room_connections`].
+#[async_trait]
+pub trait FanOut: Send + Sync {
+    /// The recipients of `payload`, an event of `room` for every member but `except`; or
+    /// [`Recipients::Queued`] once it is durably queued for them.
+    async fn recipients(
+        &self,
+        room: &RoomName,
+        except: Option<&ConnectionId>,
+        payload: &Payload,
+    ) -> StoreResult<Recipients>;
+}
+
 /// Whether a frame reached the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {

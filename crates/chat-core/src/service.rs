@@ -18,8 +18,8 @@ use crate::domain::{
     UserAccess,
 };
 use crate::ports::{
-    AllowanceClaim, Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, JoinOutcome,
-    MessageStore, Notifier, StoreError,
+    AllowanceClaim, Appended, Changed, ConnectionRecord, ConnectionStore, DirectUsers, FanOut,
+    JoinOutcome, MessageStore, Notifier, Recipients, StoreError,
 };
 use crate::protocol::{
     Action, ActionName, ChangeEvent, ChatError, ErrorCode, HistoryPage, Inbound, PageItem, Payload,
@@ -147,6 +147,8 @@ pub struct Chat {
     pub(crate) messages: Arc<dyn MessageStore>,
     pub(crate) notifier: Arc<dyn Notifier>,
     pub(crate) config: ChatConfig,
+    /// Where a room's events go when not straight to its connections (a large room on AWS).
+    fan_out: Option<Arc<dyn FanOut>>,
     clock: Clock,
 }
 
@@ -162,8 +164,15 @@ impl Chat {
             messages,
             notifier,
             config,
+            fan_out: None,
             clock: Arc::new(now_ms),
         }
+    }
+
+    /// Hands each room event to `fan_out`, which may queue it rather than name its recipients.
+    pub fn with_fan_out(mut self, fan_out: Arc<dyn FanOut>) -> Self {
+        self.fan_out = Some(fan_out);
+        self
     }
 
     /// Replaces the clock (tests of the rate limit).
@@ -983,14 +992,20 @@ impl Chat {
         except: Option<&ConnectionId>,
         frame: &ServerFrame<'_>,
     ) -> Result<(), StoreError> {
-        let mut recipients = self.connections.room_connections(room).await?;
+        let payload = Payload::encode(frame);
+        let mut recipients = match &self.fan_out {
+            None => self.connections.room_connections(room).await?,
+            Some(fan_out) => match fan_out.recipients(room, except, &payload).await? {
+                Recipients::Now(ids) => ids,
+                Recipients::Queued => return Ok(()),
+            },
+        };
         if let Some(except) = except {
             recipients.retain(|id| id != except);
         }
         if recipients.is_empty() {
             return Ok(());
         }
-        let payload = Payload::encode(frame);
         metrics::counter!(telemetry::DELIVERIES).increment(recipients.len() as u64);
         let gone = self.notifier.broadcast(&recipients, &payload).await;
         for id in gone {

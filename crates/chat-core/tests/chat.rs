@@ -1104,3 +1104,83 @@ async fn reactions_have_their_own_allowance_and_edits_share_the_messages() {
     }
     assert_eq!(edits, burst - 2);
 }
+
+/// A fan-out that queues `sendMessage`'s events (it keeps them, with whom they skip) and names
+/// the room's connections for every other event.
+struct QueuesMessages {
+    connections: Arc<MemoryConnections>,
+    queued: std::sync::Mutex<Vec<(String, Option<ConnectionId>, String)>>,
+}
+
+#[async_trait::async_trait]
+impl chat_core::ports::FanOut for QueuesMessages {
+    async fn recipients(
+        &self,
+        room: &chat_core::domain::RoomName,
+        except: Option<&ConnectionId>,
+        payload: &chat_core::protocol::Payload,
+    ) -> chat_core::ports::StoreResult<chat_core::ports::Recipients> {
+        let text = payload.to_text().to_string();
+        if text.contains(r#""type":"message""#) {
+            let entry = (room.as_str().to_owned(), except.cloned(), text);
+            self.queued.lock().unwrap().push(entry);
+            return Ok(chat_core::ports::Recipients::Queued);
+        }
+        Ok(chat_core::ports::Recipients::Now(
+            self.connections.room_connections(room).await?,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_queued_event_is_posted_to_nobody_and_the_others_to_whom_the_fan_out_names() {
+    let harness = Harness::new();
+    let fan_out = Arc::new(QueuesMessages {
+        connections: harness.connections.clone(),
+        queued: Default::default(),
+    });
+    let chat = Chat::new(
+        harness.connections.clone(),
+        Arc::new(MemoryMessages::new()),
+        harness.notifier.clone(),
+        ChatConfig::default(),
+    )
+    .with_fan_out(fan_out.clone());
+    let harness = Harness { chat, ..harness };
+    let ada = harness.connect("ada").await;
+    let bob = harness.connect("bob").await;
+    for id in [&ada, &bob] {
+        let joined = harness
+            .send(
+                id,
+                json!({"action": "joinRoom", "room": "big", "requestId": "j"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(joined["type"], "joined");
+    }
+    // Bob's join was told to ada, through the recipients the fan-out named.
+    let presence = harness.events_for(&ada);
+    assert_eq!(presence.len(), 1, "{presence:?}");
+    assert_eq!(presence[0]["type"], "presence");
+
+    let ack = harness
+        .send(
+            &ada,
+            json!({"action": "sendMessage", "room": "big", "text": "hi", "requestId": "s"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["type"], "ack");
+    assert!(harness.events_for(&bob).is_empty(), "queued: posted later");
+    let queued = fan_out.queued.lock().unwrap().clone();
+    assert_eq!(queued.len(), 1);
+    let (room, except, text) = &queued[0];
+    assert_eq!(room, "big");
+    assert_eq!(except, &None, "the sender gets its own message too");
+    let message: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        (message["text"].as_str(), message["id"].clone()),
+        (Some("hi"), ack["id"].clone())
+    );
+}
