@@ -1003,11 +1003,21 @@ impl Chat {
         if let Some(except) = except {
             recipients.retain(|id| id != except);
         }
+        self.post(&recipients, &payload).await;
+        Ok(())
+    }
+}
+
+impl Chat {
+    /// Posts one event to these connections, and removes those found gone (but one whose
+    /// `$connect` may still run): the fan-out of [`Chat::notify_room`], and of a queued event's
+    /// shard ([`FanOut`]).
+    pub async fn post(&self, recipients: &[ConnectionId], payload: &Payload) {
         if recipients.is_empty() {
-            return Ok(());
+            return;
         }
         metrics::counter!(telemetry::DELIVERIES).increment(recipients.len() as u64);
-        let gone = self.notifier.broadcast(&recipients, &payload).await;
+        let gone = self.notifier.broadcast(recipients, payload).await;
         for id in gone {
             if self.may_still_be_connecting(&id).await {
                 tracing::debug!(connection = %id, "gone while its $connect may still run: kept");
@@ -1018,11 +1028,8 @@ impl Chat {
                 tracing::warn!(connection = %id, error = %e, "failed to remove a gone connection");
             }
         }
-        Ok(())
     }
-}
 
-impl Chat {
     /// Whether a connection reported gone may be one whose `$connect` has not returned yet: API
     /// Gateway answers `PostToConnection` with 410 until then ("A message was posted to the
     /// WebSocket API before the connection was established": AWS Knowledge Center, "How do I
