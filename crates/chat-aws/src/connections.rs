@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::capacity::{Meter, Units};
 use crate::db::{
     Db, Item, MemberItem, expired, keys, n, now_secs, room_key, s, sdk_error, serde_error,
+    shard_of, shard_partition,
 };
 use crate::tables::{CONNECTION_KEY, Tables};
 
@@ -45,6 +46,14 @@ async fn after_lost_race(attempt: usize) {
 }
 /// BatchWriteItem's limit.
 const BATCH: usize = 25;
+
+/// The keys of a membership's two items: in the room's partition, and its copy in the
+/// connection's shard.
+fn membership_keys(id: &ConnectionId, room: &str, join_key: &str) -> [Item; 2] {
+    let sort_key = keys::member(join_key);
+    let shard = shard_partition(room, shard_of(id.as_str()));
+    [room_key(room, sort_key.clone()), room_key(&shard, sort_key)]
+}
 
 /// A connection item.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,7 +314,7 @@ impl ConnectionStore for DynamoConnections {
         let memberships = old
             .rooms
             .iter()
-            .map(|(room, join_key)| room_key(room, keys::member(join_key)))
+            .flat_map(|(room, join_key)| membership_keys(id, room, join_key))
             .collect();
         self.delete_memberships(memberships).await?;
         if expired(old.ttl) {
@@ -353,17 +362,21 @@ impl ConnectionStore for DynamoConnections {
                 member: connection.member.clone(),
                 ttl: connection.ttl,
             };
-            let put = Put::builder()
-                .table_name(&self.db.tables.messages)
-                .set_item(Some(
-                    serde_dynamo::to_item(membership).map_err(serde_error)?,
-                ))
-                .build()
-                .map_err(StoreError::new)?;
-            let items = vec![
-                TransactWriteItem::builder().update(update).build(),
-                TransactWriteItem::builder().put(put).build(),
-            ];
+            // The membership, and its copy in the connection's shard (what a queued event's
+            // fan-out reads: `crate::fanout`).
+            let shard_copy = MemberItem {
+                room: shard_partition(room.as_str(), shard_of(id.as_str())),
+                ..membership.clone()
+            };
+            let mut items = vec![TransactWriteItem::builder().update(update).build()];
+            for item in [membership, shard_copy] {
+                let put = Put::builder()
+                    .table_name(&self.db.tables.messages)
+                    .set_item(Some(serde_dynamo::to_item(item).map_err(serde_error)?))
+                    .build()
+                    .map_err(StoreError::new)?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
             if self.transact(items).await? {
                 return Ok(JoinOutcome::Joined);
             }
@@ -392,15 +405,15 @@ impl ConnectionStore for DynamoConnections {
                 .expression_attribute_values(":join_key", s(join_key))
                 .build()
                 .map_err(StoreError::new)?;
-            let delete = Delete::builder()
-                .table_name(&self.db.tables.messages)
-                .set_key(Some(room_key(room.as_str(), keys::member(join_key))))
-                .build()
-                .map_err(StoreError::new)?;
-            let items = vec![
-                TransactWriteItem::builder().update(update).build(),
-                TransactWriteItem::builder().delete(delete).build(),
-            ];
+            let mut items = vec![TransactWriteItem::builder().update(update).build()];
+            for key in membership_keys(id, room.as_str(), join_key) {
+                let delete = Delete::builder()
+                    .table_name(&self.db.tables.messages)
+                    .set_key(Some(key))
+                    .build()
+                    .map_err(StoreError::new)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
             if self.transact(items).await? {
                 return Ok(true);
             }

@@ -146,6 +146,17 @@ pub mod keys {
         format!("{MEMBER_PREFIX}{join_key}")
     }
 
+    /// The mark of a room whose events go through the fan-out queue (`crate::fanout`). It
+    /// sorts just before the members (`!` before `#`), so that the `Query` of the members that
+    /// `begins_with` [`MEMBERS_AND_MARK`] finds it first, at no extra request.
+    pub const QUEUED_MARK: &str = "~member!queued";
+    pub const MEMBERS_AND_MARK: &str = "~member";
+
+    /// A queued event's progress in one shard (`crate::fanout`), by the event's id.
+    pub fn progress(event: &str) -> String {
+        format!("~fanout#{event}")
+    }
+
     /// The sender key is prefixed with its length, so that no two (sender, clientMsgId) pairs
     /// make the same key, whatever characters they hold.
     pub fn dedupe(sender_key: &str, client_msg_id: &str) -> String {
@@ -179,6 +190,28 @@ pub mod keys {
     pub fn access(user_id: &str) -> String {
         format!("~access#{user_id}")
     }
+}
+
+/// How many shards a queued room's members are spread over: a constant of the data model (each
+/// membership has a copy in its shard's partition from the moment it joins), so that a member is
+/// in the same shard, and its events in the same FIFO group, for as long as it is a member.
+pub const SHARDS: usize = 16;
+
+/// The shard of a connection: FNV-1a of its id, modulo [`SHARDS`] (stable across processes and
+/// versions, unlike std's hasher).
+pub fn shard_of(connection_id: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in connection_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % SHARDS as u64) as usize
+}
+
+/// The partition of a room's shard: `{room}#{shard}` (a room name has no `#`, so it is never
+/// another room's).
+pub fn shard_partition(room: &str, shard: usize) -> String {
+    format!("{room}#{shard:02}")
 }
 
 /// The key of an item in a room partition.

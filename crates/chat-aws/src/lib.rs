@@ -29,6 +29,8 @@
 //! - [`messages`]: [`DynamoMessages`], the [`MessageStore`](chat_core::ports::MessageStore).
 //! - [`notifier`]: [`ManagementNotifier`] on `PostToConnection`, and [`ManagementClients`], one
 //!   client per endpoint, built once.
+//! - [`fanout`]: the sharded fan-out of large rooms through SQS FIFO: [`QueuedFanOut`] and
+//!   [`ShardWorker`].
 //! - [`sdk`]: the SDK's configuration and its HTTPS client (rustls on ring).
 //! - [`capacity`]: an optional meter of DynamoDB calls and consumed capacity units.
 //! - `one_at_a_time` (feature `one-at-a-time`): DynamoDB requests one at a time, for moto.
@@ -37,6 +39,7 @@
 pub mod capacity;
 pub mod connections;
 mod db;
+pub mod fanout;
 pub mod messages;
 pub mod notifier;
 #[cfg(feature = "one-at-a-time")]
@@ -48,6 +51,7 @@ pub mod testing;
 
 pub use capacity::{Meter, Tally};
 pub use connections::DynamoConnections;
+pub use fanout::{FanOutQueue, QueuedFanOut, ShardJob, ShardWorker};
 pub use messages::DynamoMessages;
 pub use notifier::{ManagementClients, ManagementNotifier};
 pub use tables::{Tables, create_tables};
