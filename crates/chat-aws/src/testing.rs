@@ -215,3 +215,27 @@ pub async fn recorded_client() -> (aws_sdk_dynamodb::Client, CallLog) {
         .build();
     (aws_sdk_dynamodb::Client::from_conf(config), log)
 }
+
+/// A fresh FIFO queue on moto (which serves SQS on the same port), as `template.yaml` makes the
+/// fan-out queue: its URL. `visibility_secs` is its visibility timeout.
+pub async fn fresh_fifo_queue(
+    sqs: &aws_sdk_sqs::Client,
+    label: &str,
+    visibility_secs: u32,
+) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{label}-{}-{n}.fifo", std::process::id());
+    sqs.create_queue()
+        .queue_name(name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            visibility_secs.to_string(),
+        )
+        .send()
+        .await
+        .expect("create a FIFO queue on moto")
+        .queue_url
+        .expect("a queue URL")
+}
