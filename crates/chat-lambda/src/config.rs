@@ -40,7 +40,7 @@ impl Default for ManagementEndpoint {
 }
 
 /// Every variable the functions read (besides the SDK's own, and `RUST_LOG`).
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 10] = [
     "WEBSOCKET_TABLE",
     "MESSAGES_TABLE",
     "APIGW_MANAGEMENT_ENDPOINT",
@@ -49,17 +49,26 @@ pub const VARIABLES: [&str; 8] = [
     "CONNECTION_TTL_SECONDS",
     "FANOUT_CONCURRENCY",
     "METRICS_NAMESPACE",
+    "FANOUT_QUEUE_URL",
+    "FANOUT_SHARD_FROM",
 ];
 
 /// Those that `template.yaml` sets; the others keep their defaults on AWS.
-pub const DEPLOYED_VARIABLES: [&str; 6] = [
+pub const DEPLOYED_VARIABLES: [&str; 8] = [
     "WEBSOCKET_TABLE",
     "MESSAGES_TABLE",
     "APIGW_MANAGEMENT_ENDPOINT",
     "CHAT_RATE_BURST",
     "CHAT_RATE_PER_SECOND",
     "METRICS_NAMESPACE",
+    "FANOUT_QUEUE_URL",
+    "FANOUT_SHARD_FROM",
 ];
+
+/// A room with at least this many connections goes through the fan-out queue, when there is one
+/// (`FANOUT_SHARD_FROM`): one invocation posts to about 3,000 members a second (32 at once,
+/// ~10 ms each), so a room of 1,000 keeps its sender about a third of a second.
+pub const DEFAULT_FANOUT_SHARD_FROM: usize = 1000;
 
 /// The CloudWatch namespace of the functions' metrics without `METRICS_NAMESPACE`.
 pub const DEFAULT_METRICS_NAMESPACE: &str = "Chat";
@@ -87,6 +96,11 @@ pub struct Config {
     pub fanout_concurrency: usize,
     /// `METRICS_NAMESPACE`: the CloudWatch namespace of the EMF metrics (see [`crate::emf`]).
     pub metrics_namespace: String,
+    /// `FANOUT_QUEUE_URL`: the sharded fan-out's SQS FIFO queue (none: every room is posted to
+    /// directly, whatever its size).
+    pub fanout_queue_url: Option<String>,
+    /// `FANOUT_SHARD_FROM`: the size from which a room goes through that queue.
+    pub fanout_shard_from: usize,
 }
 
 impl Default for Config {
@@ -98,6 +112,8 @@ impl Default for Config {
             connection_ttl: DynamoConnections::DEFAULT_TTL,
             fanout_concurrency: ManagementNotifier::DEFAULT_CONCURRENCY,
             metrics_namespace: DEFAULT_METRICS_NAMESPACE.to_owned(),
+            fanout_queue_url: None,
+            fanout_shard_from: DEFAULT_FANOUT_SHARD_FROM,
         }
     }
 }
@@ -153,6 +169,13 @@ impl Config {
             )?)
             .unwrap_or(usize::MAX)
             .max(1),
+            fanout_queue_url: lookup("FANOUT_QUEUE_URL"),
+            fanout_shard_from: usize::try_from(number(
+                "FANOUT_SHARD_FROM",
+                DEFAULT_FANOUT_SHARD_FROM as u64,
+            )?)
+            .unwrap_or(usize::MAX)
+            .max(1),
         })
     }
 }
@@ -191,8 +214,18 @@ mod tests {
             ("CONNECTION_TTL_SECONDS", "60"),
             ("FANOUT_CONCURRENCY", "4"),
             ("METRICS_NAMESPACE", "chat-prod"),
+            (
+                "FANOUT_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/f.fifo",
+            ),
+            ("FANOUT_SHARD_FROM", "500"),
         ])
         .unwrap();
+        assert_eq!(
+            config.fanout_queue_url.as_deref(),
+            Some("https://sqs.eu-west-1.amazonaws.com/1/f.fifo")
+        );
+        assert_eq!(config.fanout_shard_from, 500);
         assert_eq!(config.metrics_namespace, "chat-prod");
         assert_eq!(config.tables, Tables::new("c", "m"));
         assert_eq!(

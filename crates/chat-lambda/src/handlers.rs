@@ -15,7 +15,12 @@ use aws_lambda_events::apigw::{
 };
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::query_map::QueryMap;
-use chat_aws::{DynamoConnections, DynamoMessages, ManagementClients};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use chat_aws::fanout::Progress;
+use chat_aws::{
+    DynamoConnections, DynamoMessages, FanOutQueue, ManagementClients, QueuedFanOut, ShardJob,
+    ShardWorker, Tables,
+};
 use chat_core::clock::{Clock, now_ms};
 use chat_core::domain::ConnectionId;
 use chat_core::ports::{ConnectionStore, MessageStore, Notifier};
@@ -54,6 +59,17 @@ pub struct Handlers {
     chat: ChatConfig,
     endpoint: ManagementEndpoint,
     clock: Clock,
+    /// The sharded fan-out of large rooms, when a queue is configured.
+    queued: Option<Arc<Queued>>,
+}
+
+/// What the sharded fan-out needs: the queue (to send to, and to hand a message back to), the
+/// stores it reads, and the `fanout` function's worker.
+pub struct Queued {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub tables: Tables,
+    pub queue: FanOutQueue,
+    pub worker: ShardWorker,
 }
 
 impl Handlers {
@@ -70,7 +86,14 @@ impl Handlers {
             chat,
             endpoint: ManagementEndpoint::default(),
             clock: Arc::new(now_ms),
+            queued: None,
         }
+    }
+
+    /// Large rooms' events through the fan-out queue (`FANOUT_QUEUE_URL`).
+    pub fn with_queued_fan_out(mut self, queued: Queued) -> Self {
+        self.queued = Some(Arc::new(queued));
+        self
     }
 
     pub fn with_management_endpoint(mut self, endpoint: ManagementEndpoint) -> Self {
@@ -87,19 +110,33 @@ impl Handlers {
     /// its containers' clocks, as different machines' are).
     pub fn on_aws_with_clock(sdk: &SdkConfig, config: &Config, clock: Clock) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        let dynamodb_for_queue = dynamodb.clone();
         let connections = DynamoConnections::new(dynamodb.clone(), config.tables.clone())
             .with_ttl(config.connection_ttl);
         let messages =
             DynamoMessages::new(dynamodb, config.tables.clone()).with_clock(clock.clone());
         let notifiers = ManagementClients::new(sdk.clone(), config.fanout_concurrency);
-        Self::new(
+        let handlers = Self::new(
             Arc::new(connections),
             Arc::new(messages),
             Arc::new(notifiers),
             config.chat.clone(),
         )
         .with_management_endpoint(config.management_endpoint.clone())
-        .with_clock(clock)
+        .with_clock(clock);
+        match &config.fanout_queue_url {
+            None => handlers,
+            Some(queue_url) => handlers.with_queued_fan_out(Queued {
+                dynamodb: dynamodb_for_queue.clone(),
+                tables: config.tables.clone(),
+                queue: FanOutQueue {
+                    sqs: aws_sdk_sqs::Client::new(sdk),
+                    queue_url: queue_url.clone(),
+                    shard_from: config.fanout_shard_from,
+                },
+                worker: ShardWorker::new(dynamodb_for_queue, config.tables.clone()),
+            }),
+        }
     }
 
     /// The clock of the chat (the rate limit, `connectedAt` when an event has none).
@@ -212,13 +249,97 @@ impl Handlers {
 
     /// A chat that notifies through `endpoint`.
     pub(crate) fn chat_for_endpoint(&self, endpoint: &str) -> Chat {
-        Chat::new(
+        let chat = Chat::new(
             self.connections.clone(),
             self.messages.clone(),
             self.notifiers.for_endpoint(endpoint),
             self.chat.clone(),
         )
-        .with_clock(self.clock.clone())
+        .with_clock(self.clock.clone());
+        match &self.queued {
+            None => chat,
+            Some(queued) => chat.with_fan_out(Arc::new(QueuedFanOut::new(
+                queued.dynamodb.clone(),
+                queued.tables.clone(),
+                queued.queue.clone(),
+                endpoint.to_owned(),
+            ))),
+        }
+    }
+
+    /// The `fanout` function: each queue message is a shard's part of an event
+    /// ([`ShardJob`]), posted page by page ([`ShardWorker`]). FIFO rules for a partial failure
+    /// (the Lambda Developer Guide, "Handling errors for an SQS event source in Lambda": with
+    /// FIFO, stop at the first failure and report it and every message after it): a message
+    /// out of time, or whose store failed, is reported with all that follow. One out of time is
+    /// also made visible again at once (`ChangeMessageVisibility` 0), so that the next attempt
+    /// goes on from its stored progress without waiting out the visibility timeout. A body that
+    /// is no job (a bug, never a client's doing) is logged and dropped: retried, it would hold
+    /// its shard's later events back until the dead-letter queue took it.
+    pub async fn fanout(
+        &self,
+        event: SqsEvent,
+        out_of_time: impl Fn() -> bool,
+    ) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let Some(queued) = &self.queued else {
+            tracing::error!(
+                "a fan-out event, but FANOUT_QUEUE_URL is not set: every message fails"
+            );
+            response.batch_item_failures = event.records.iter().map(failure).collect();
+            return response;
+        };
+        let records = &event.records;
+        for (n, record) in records.iter().enumerate() {
+            let body = record.body.as_deref().unwrap_or_default();
+            let job = match ShardJob::from_body(body) {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::error!(error = %e, message = ?record.message_id, "a fan-out message that is no job: dropped");
+                    continue;
+                }
+            };
+            let chat = self.chat_for_endpoint(&job.endpoint);
+            let delivered = AssertUnwindSafe(queued.worker.deliver(&chat, &job, &out_of_time))
+                .catch_unwind()
+                .await;
+            let outcome = match delivered {
+                Ok(Ok(progress)) => progress,
+                Ok(Err(e)) => {
+                    tracing::error!(room = %job.room, shard = job.shard, error = %e, "a shard's fan-out failed; it is retried");
+                    response.batch_item_failures = records[n..].iter().map(failure).collect();
+                    return response;
+                }
+                Err(_) => {
+                    tracing::error!(room = %job.room, shard = job.shard, "a shard's fan-out panicked; it is retried");
+                    response.batch_item_failures = records[n..].iter().map(failure).collect();
+                    return response;
+                }
+            };
+            if outcome == Progress::OutOfTime {
+                tracing::info!(room = %job.room, shard = job.shard, "out of time between two pages: handed back to the queue");
+                for later in &records[n..] {
+                    let Some(receipt) = later.receipt_handle.as_deref() else {
+                        continue;
+                    };
+                    let visible = queued
+                        .queue
+                        .sqs
+                        .change_message_visibility()
+                        .queue_url(&queued.queue.queue_url)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(0)
+                        .send()
+                        .await;
+                    if let Err(e) = visible {
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "ChangeMessageVisibility failed: the retry waits for the visibility timeout");
+                    }
+                }
+                response.batch_item_failures = records[n..].iter().map(failure).collect();
+                return response;
+            }
+        }
+        response
     }
 
     /// The connection id and a chat that notifies the event's API.
@@ -238,6 +359,12 @@ impl Handlers {
             .ok_or(Failure::NoEndpoint)?;
         Ok((id, self.chat_for_endpoint(&endpoint)))
     }
+}
+
+fn failure(record: &aws_lambda_events::sqs::SqsMessage) -> BatchItemFailure {
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = record.message_id.clone().unwrap_or_default();
+    failure
 }
 
 /// A query parameter of an event, by the protocol's rule for repeated ones (the first counts):

@@ -14,6 +14,8 @@
 //! - [`authorizer`]: [`Authorizer`]: the token check, with keys from a secret or a JWKS URL.
 //! - [`config`]: the configuration, from the environment, read once per container.
 //! - [`handlers`]: [`Handlers`]: `$connect`, `$disconnect`, and every other route (`message`).
+//! - `fanout` ([`Handlers::fanout`]): the `fanout` function: a large room's events from the SQS
+//!   FIFO queue, one shard per message (`chat_aws::fanout`).
 //! - [`api`]: the `api` function: the server API on an HTTP API's events (payload 2.0).
 //! - [`emf`]: the chat's counters as CloudWatch Embedded Metric Format log lines.
 //! - [`runtime`]: the `lambda_runtime` loop and JSON logs that the thin `main`s in `src/bin` run.
@@ -32,5 +34,5 @@ pub use aws_lambda_events::apigw::{
     ApiGatewayWebsocketProxyRequest,
 };
 pub use config::{Config, ManagementEndpoint};
-pub use handlers::{FixedNotifier, Handlers, Notifiers};
-pub use runtime::{Route, run, run_api, run_authorizer};
+pub use handlers::{FixedNotifier, Handlers, Notifiers, Queued};
+pub use runtime::{Route, run, run_api, run_authorizer, run_fanout};

@@ -7,6 +7,7 @@ use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest,
     ApiGatewayWebsocketProxyRequest,
 };
+use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{LambdaEvent, service_fn};
 use tracing_subscriber::filter::Targets;
 
@@ -120,6 +121,40 @@ pub async fn run_api() -> Result<(), lambda_runtime::Error> {
     ))
     .await
 }
+
+/// The body of the `fanout` function's `main`: a large room's events, from the SQS FIFO queue
+/// (`FANOUT_QUEUE_URL`), one shard per message. A message stops between two pages when less
+/// than [`FANOUT_MARGIN_MS`] of the invocation is left.
+pub async fn run_fanout() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let config = Config::from_env()?;
+    let sdk = chat_aws::sdk::for_lambda(|name| std::env::var(name).ok());
+    let handlers = Arc::new(Handlers::on_aws(&sdk, &config));
+    let recorder = EmfRecorder::default();
+    if metrics::set_global_recorder(recorder.clone()).is_err() {
+        tracing::warn!("a metrics recorder is installed already: no EMF metrics");
+    }
+    let namespace: Arc<str> = config.metrics_namespace.clone().into();
+    tracing::info!(tables = ?config.tables, "fanout function ready");
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let (handlers, recorder, namespace) =
+            (handlers.clone(), recorder.clone(), namespace.clone());
+        async move {
+            let deadline = event.context.deadline;
+            let out_of_time = move || chat_core::clock::now_ms() + FANOUT_MARGIN_MS >= deadline;
+            let response = handlers.fanout(event.payload, out_of_time).await;
+            for line in recorder.flush(&namespace, "fanout", chat_core::clock::now_ms()) {
+                println!("{line}");
+            }
+            Ok::<_, lambda_runtime::Error>(response)
+        }
+    }))
+    .await
+}
+
+/// How much of an invocation a page of a shard may need: 1,000 posts 32 at a time, at ~10 ms
+/// each, and the progress write; well above that.
+pub const FANOUT_MARGIN_MS: u64 = 5_000;
 
 /// The body of the `authorizer` function's `main`. A refusal is the error `Unauthorized`, which
 /// API Gateway turns into a 401 (see [`crate::authorizer`]).
