@@ -22,8 +22,9 @@
 //! at a time, in the order sent; so events sent one after another (one connection's, or one
 //! sent after another's ack) reach each member in that order. What a member may see twice: the
 //! page being posted when an invocation died or timed out (at most `page_size` members get that
-//! event again from the retry); and an event stored just before it joined, in its `joined`
-//! history and live. Clients deduplicate by `id` and `seq`.
+//! event again from the retry); and an event stored less than [`JOINED_AFTER_MS`] before it
+//! joined, in its `joined` history and live (one stored earlier is not posted to it). Clients
+//! deduplicate by `id` and `seq`.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -253,6 +254,25 @@ impl FanOut for QueuedFanOut {
     }
 }
 
+/// A member that joined this long after its event was queued does not get it: it joined after
+/// the event was stored (the event's id is made after the store), so its `joined` read the
+/// event already, or (a `presence`) shows its state. Without this, a shard whose queue is behind
+/// would post events older than a join. The margin is for the clocks of two machines (the
+/// event's id and the join key are each from their container's clock); within it, a member that
+/// joined around the event may get it both in `joined` and live.
+pub const JOINED_AFTER_MS: u64 = 1_000;
+
+/// The time of a UUID v7 (an event's id, a join key), in ms since the epoch.
+fn job_time_ms(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// When a member joined: the time of its join key (`~member#{join key}`).
+fn joined_ms(sort_key: &str) -> Option<u64> {
+    job_time_ms(sort_key.strip_prefix(keys::MEMBER_PREFIX)?)
+}
+
 fn ttl_of(item: &Item) -> u64 {
     item.get(TTL_ATTRIBUTE)
         .and_then(|ttl| ttl.as_n().ok())
@@ -331,6 +351,7 @@ impl ShardWorker {
         }
         let payload = Payload::from_json(job.payload.clone());
         let except = job.except.as_deref();
+        let joined_too_late = job_time_ms(&job.event).map(|queued| queued + JOINED_AFTER_MS);
         loop {
             if out_of_time() {
                 return Ok(Progress::OutOfTime);
@@ -342,7 +363,10 @@ impl ShardWorker {
             let mut ids = Vec::new();
             let last = self
                 .page(&partition, start, |member| {
-                    if except != Some(member.connection_id.as_str()) {
+                    let late = joined_too_late
+                        .zip(joined_ms(&member.sk))
+                        .is_some_and(|(too_late, joined)| joined > too_late);
+                    if !late && except != Some(member.connection_id.as_str()) {
                         ids.push(ConnectionId::new(member.connection_id));
                     }
                     ControlFlow::Continue(())

@@ -282,3 +282,45 @@ async fn each_shard_posts_to_its_members_page_by_page_resumes_where_it_stopped_a
     worker.deliver(&chat, &again, || false).await.unwrap();
     assert!(notifier.take().iter().all(|(id, _)| id != &gone_one));
 }
+
+#[tokio::test]
+async fn a_member_that_joined_well_after_an_event_was_queued_does_not_get_it() {
+    let setup = setup("fanout-late").await;
+    let room = RoomName::parse("big").unwrap();
+    let members = setup.members(&room, 20).await;
+    let notifier = Arc::new(RecordingNotifier::new());
+    let chat = setup.chat(notifier.clone());
+    let worker = ShardWorker::new(setup.dynamodb.clone(), setup.tables.clone());
+    let queued_at = |ago: std::time::Duration| {
+        let at = std::time::SystemTime::now() - ago;
+        let since = at.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+        uuid::Uuid::new_v7(ts).to_string()
+    };
+    let job = |shard, event: &str| ShardJob {
+        room: "big".into(),
+        shard,
+        endpoint: String::new(),
+        except: None,
+        event: event.into(),
+        payload: r#"{"type":"presence"}"#.into(),
+    };
+    // Queued 10 s before they all joined: nobody gets it.
+    let old = queued_at(std::time::Duration::from_secs(10));
+    for shard in 0..SHARDS {
+        worker
+            .deliver(&chat, &job(shard, &old), || false)
+            .await
+            .unwrap();
+    }
+    assert!(notifier.take().is_empty());
+    // Queued just now (they joined within the margin): everyone.
+    let new = queued_at(std::time::Duration::ZERO);
+    for shard in 0..SHARDS {
+        worker
+            .deliver(&chat, &job(shard, &new), || false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(notifier.take().len(), members.len());
+}
