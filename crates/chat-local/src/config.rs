@@ -124,6 +124,19 @@ pub struct Settings {
     #[arg(long, env = "CHAT_LAMBDA_CLOCK_SKEW_MS", default_value_t = 0)]
     pub lambda_clock_skew_ms: u64,
 
+    /// Lambda mode: a room with at least this many connections delivers its events through the
+    /// fan-out queue (SQS FIFO, 16 shards, the `fanout` function), as `template.yaml`'s
+    /// `FanoutShardFrom` does on AWS; 0 turns the queue off (every room posted to directly, and
+    /// no SQS needed).
+    #[arg(long, env = "FANOUT_SHARD_FROM", default_value_t = 1000)]
+    pub fanout_shard_from: usize,
+
+    /// Lambda mode: the fan-out queue's name, at the SDK's SQS endpoint (AWS_ENDPOINT_URL_SQS,
+    /// or AWS_ENDPOINT_URL, else AWS_ENDPOINT_URL_DYNAMODB's: moto serves SQS beside DynamoDB);
+    /// created with --create-tables.
+    #[arg(long, env = "CHAT_FANOUT_QUEUE", default_value = "chat-fanout.fifo")]
+    pub fanout_queue: String,
+
     /// The server API's key (`/api/...` on this port, with `Authorization: Bearer KEY`). Unset,
     /// the server API is off and answers 404.
     #[arg(long, env = "CHAT_API_KEY", hide_env_values = true)]

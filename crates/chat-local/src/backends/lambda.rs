@@ -77,6 +77,18 @@ pub fn one_request_at_a_time(sdk: SdkConfig) -> anyhow::Result<SdkConfig> {
     ))
 }
 
+/// The SQS endpoint when the environment names one for DynamoDB but none for SQS (neither
+/// `AWS_ENDPOINT_URL_SQS` nor `AWS_ENDPOINT_URL`): DynamoDB's, since moto serves both on one
+/// port. Without this, a developer who points the chat at moto would send its queue requests
+/// to AWS.
+fn sqs_endpoint_beside_dynamodb() -> Option<String> {
+    let set = |name: &str| std::env::var(name).ok().filter(|url| !url.is_empty());
+    if set("AWS_ENDPOINT_URL_SQS").is_some() || set("AWS_ENDPOINT_URL").is_some() {
+        return None;
+    }
+    set("AWS_ENDPOINT_URL_DYNAMODB")
+}
+
 /// The function's containers, as Lambda runs them: an invocation takes an idle container, or
 /// starts a new one when all are busy (a cold start); each container handles one invocation at
 /// a time and keeps its own state (its SDK clients, its cache of room heads, its clock).
@@ -160,7 +172,12 @@ pub struct LambdaBackend {
     api: Api,
     /// Frames of one connection invoked at once.
     frames_at_once: usize,
+    /// The `fanout` function's event source mapping on the fan-out queue, when it is on.
+    fan_out_queue: std::sync::Mutex<Option<super::queue::EventSourceMapping>>,
 }
+
+/// How many `fanout` invocations run at once (the queue's pollers).
+const FANOUT_CONCURRENCY: usize = 4;
 
 impl LambdaBackend {
     /// Checks (or creates) the tables, and builds the handlers for a gateway listening on
@@ -190,6 +207,31 @@ impl LambdaBackend {
                     })?;
             }
         }
+        // The fan-out queue, as template.yaml makes it, unless it is off.
+        // Its own HTTP client: a long poll must not hold up DynamoDB requests that
+        // `--dynamodb-one-at-a-time` sends one at a time to the same local endpoint.
+        let mut sqs_config =
+            aws_sdk_sqs::config::Builder::from(sdk).http_client(chat_aws::sdk::https_client());
+        if let Some(endpoint) = sqs_endpoint_beside_dynamodb() {
+            sqs_config = sqs_config.endpoint_url(endpoint);
+        }
+        let sqs = aws_sdk_sqs::Client::from_conf(sqs_config.build());
+        let fanout_queue_url = if settings.fanout_shard_from > 0 {
+            let url =
+                super::queue::open_queue(&sqs, &settings.fanout_queue, settings.create_tables)
+                    .await
+                    .map_err(|error| {
+                        error.context(
+                            "the fan-out queue is needed for rooms of FANOUT_SHARD_FROM members \
+                             or more (FANOUT_SHARD_FROM=0 turns the queue off: every room \
+                             posted to at once)",
+                        )
+                    })?;
+            tracing::info!(queue = %url, shard_from = settings.fanout_shard_from, "Lambda mode: rooms this large go through the fan-out queue");
+            Some(url)
+        } else {
+            None
+        };
         let config = Config {
             tables,
             management_endpoint: ManagementEndpoint::FromEvent {
@@ -201,6 +243,8 @@ impl LambdaBackend {
             fanout_concurrency: ManagementNotifier::DEFAULT_CONCURRENCY,
             // Unused here: in this process the chat's counters go to GET /metrics, not to EMF.
             metrics_namespace: chat_lambda::config::DEFAULT_METRICS_NAMESPACE.to_owned(),
+            fanout_queue_url: fanout_queue_url.clone(),
+            fanout_shard_from: settings.fanout_shard_from.max(1),
         };
         tracing::info!(
             connections = %config.tables.connections,
@@ -217,6 +261,12 @@ impl LambdaBackend {
             ..config.clone()
         };
         let api_sdk = sdk.clone();
+        let fan_out_queue = fanout_queue_url.map(|url| {
+            let (sdk, config) = (sdk.clone(), config.clone());
+            super::queue::EventSourceMapping::start(sqs, url, FANOUT_CONCURRENCY, move |n| {
+                Handlers::on_aws_with_clock(&sdk, &config, container_clock(n, skew))
+            })
+        });
         Ok(Self {
             containers: Containers::new(move |n| {
                 Handlers::on_aws_with_clock(&sdk, &config, container_clock(n, skew))
@@ -230,6 +280,7 @@ impl LambdaBackend {
                 stage: settings.stage.clone(),
             },
             frames_at_once: usize::from(settings.lambda_concurrency),
+            fan_out_queue: std::sync::Mutex::new(fan_out_queue),
         })
     }
 
@@ -408,7 +459,16 @@ impl Backend for LambdaBackend {
         }
     }
 
-    async fn shutdown(&self) {}
+    async fn shutdown(&self) {
+        let mapping = self
+            .fan_out_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mapping) = mapping {
+            mapping.stop().await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +521,7 @@ mod tests {
                 stage: "dev".into(),
             },
             frames_at_once: 8,
+            fan_out_queue: Default::default(),
         };
         let claims = chat_auth::MintClaims {
             sub: "u-1".into(),

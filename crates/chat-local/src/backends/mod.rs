@@ -5,6 +5,8 @@
 //! - [`lambda`] (cargo feature `lambda`): the Lambda handlers of `chat-lambda`, unchanged, fed the events API Gateway
 //!   would send, on DynamoDB, posting to the gateway's own `@connections` over HTTP.
 //! - [`events`]: those events, in API Gateway's exact JSON shapes.
+//! - [`queue`]: Lambda's SQS event source mapping, feeding the `fanout` function from the
+//!   fan-out queue.
 //! - [`policy`]: the authorizer's IAM policy, evaluated as API Gateway does.
 
 pub mod embedded;
@@ -14,3 +16,5 @@ pub mod events;
 pub mod lambda;
 #[cfg(feature = "lambda")]
 pub mod policy;
+#[cfg(feature = "lambda")]
+pub mod queue;

@@ -13,6 +13,7 @@ mod connecting;
 mod gateway;
 #[cfg(feature = "lambda")]
 mod lambda_binary;
+mod large_rooms;
 mod metrics;
 #[cfg(feature = "lambda")]
 mod notifiers;

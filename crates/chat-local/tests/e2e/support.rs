@@ -156,6 +156,7 @@ fn use_lambda(settings: &mut Settings) {
     settings.backend = BackendKind::Lambda;
     settings.websocket_table = format!("e2e-{tag}-WebSocketConnections");
     settings.messages_table = format!("e2e-{tag}-ChatMessages");
+    settings.fanout_queue = format!("e2e-{tag}.fifo");
     settings.create_tables = true;
 }
 
