@@ -94,7 +94,7 @@ fn no_policy_allows_every_resource_or_a_wildcard_action() {
             assert!(!action.contains('*'), "wildcard action {action}");
             let (service, name) = action.split_once(':').expect("service:Action");
             assert!(
-                ["dynamodb", "execute-api", "logs"].contains(&service),
+                ["dynamodb", "execute-api", "logs", "sqs"].contains(&service),
                 "{action}"
             );
             assert!(!name.is_empty());
@@ -111,7 +111,7 @@ fn each_function_has_its_own_role_and_no_managed_policy() {
     let template = template();
     let roles = resources(&template, "AWS::IAM::Role");
     let functions = resources(&template, "AWS::Serverless::Function");
-    assert_eq!(functions.len(), 5);
+    assert_eq!(functions.len(), 6);
     let mut used = BTreeSet::new();
     for (id, function) in &functions {
         let properties = &function["Properties"];
@@ -184,9 +184,16 @@ fn functions_run_on_provided_al2023_arm64_built_by_cargo_lambda() {
         })
         .collect();
     // The binaries of this crate.
-    let expected: BTreeSet<String> = ["api", "authorizer", "connect", "disconnect", "message"]
-        .map(String::from)
-        .into();
+    let expected: BTreeSet<String> = [
+        "api",
+        "authorizer",
+        "connect",
+        "disconnect",
+        "fanout",
+        "message",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(bins, expected);
     for bin in &bins {
         let main = format!("{}/src/bin/{bin}.rs", env!("CARGO_MANIFEST_DIR"));
@@ -512,4 +519,128 @@ fn the_server_api_is_an_iam_authorized_http_api_in_front_of_the_api_function() {
         url.starts_with("https://${ServerApi}.execute-api."),
         "{url}"
     );
+}
+
+/// The actions a role's policies allow on one resource (a logical id, `!GetAtt X.Arn`).
+fn actions_on(role: &Value, resource: &str) -> BTreeSet<String> {
+    let mut found = Vec::new();
+    statements(&role["Properties"]["Policies"], &mut found);
+    found
+        .iter()
+        .filter(|statement| {
+            let resources = &statement["Resource"];
+            matches!(resources, Value::Tagged(_)) && target(resources) == resource
+        })
+        .flat_map(|statement| strings(&statement["Action"]))
+        .collect()
+}
+
+/// Large rooms' events go through an encrypted FIFO queue, which only the functions that post to
+/// rooms may send to and only the fanout function may read; its failures go to a dead-letter
+/// queue after a few tries, which raises an alarm; Lambda reads it in FIFO batches with partial
+/// batch failures, and a message being posted is not received again meanwhile.
+#[test]
+fn large_rooms_fan_out_through_an_encrypted_fifo_queue_with_a_dead_letter_queue_and_an_alarm() {
+    let template = template();
+    let queues = resources(&template, "AWS::SQS::Queue");
+    assert_eq!(
+        queues.keys().collect::<Vec<_>>(),
+        ["FanoutDeadLetterQueue", "FanoutQueue"]
+    );
+    for (id, queue) in &queues {
+        let properties = &queue["Properties"];
+        assert_eq!(properties["FifoQueue"].as_bool(), Some(true), "{id}");
+        assert_eq!(
+            properties["SqsManagedSseEnabled"].as_bool(),
+            Some(true),
+            "{id}"
+        );
+    }
+    let queue = &queues["FanoutQueue"]["Properties"];
+    let redrive = &queue["RedrivePolicy"];
+    assert_eq!(
+        target(&redrive["deadLetterTargetArn"]),
+        "FanoutDeadLetterQueue"
+    );
+    let tries = redrive["maxReceiveCount"].as_u64().unwrap();
+    assert!((2..=10).contains(&tries), "maxReceiveCount {tries}");
+    // Dead letters are kept longer than the queue keeps messages, so that none expires unseen.
+    let kept = |queue: &Value| {
+        queue["Properties"]["MessageRetentionPeriod"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(kept(queues["FanoutDeadLetterQueue"]) > kept(queues["FanoutQueue"]));
+
+    let alarms = resources(&template, "AWS::CloudWatch::Alarm");
+    let alarm = &alarms["FanoutDeadLetterAlarm"]["Properties"];
+    assert_eq!(alarm["Namespace"].as_str(), Some("AWS/SQS"));
+    assert_eq!(
+        alarm["MetricName"].as_str(),
+        Some("ApproximateNumberOfMessagesVisible")
+    );
+    assert_eq!(
+        target(&alarm["Dimensions"][0]["Value"]),
+        "FanoutDeadLetterQueue"
+    );
+    assert_eq!(alarm["Threshold"].as_u64(), Some(0));
+    assert_eq!(
+        alarm["ComparisonOperator"].as_str(),
+        Some("GreaterThanThreshold")
+    );
+
+    let functions = resources(&template, "AWS::Serverless::Function");
+    let fanout = &functions["FanoutFunction"]["Properties"];
+    let events = fanout["Events"].as_mapping().unwrap();
+    assert_eq!(events.len(), 1);
+    let (_, event) = events.iter().next().unwrap();
+    assert_eq!(event["Type"].as_str(), Some("SQS"));
+    assert_eq!(target(&event["Properties"]["Queue"]), "FanoutQueue");
+    let batch = event["Properties"]["BatchSize"].as_u64().unwrap();
+    assert!(
+        (1..=10).contains(&batch),
+        "a FIFO queue's batch is at most 10: {batch}"
+    );
+    assert_eq!(
+        strings(&event["Properties"]["FunctionResponseTypes"]),
+        ["ReportBatchItemFailures"]
+    );
+    // "Set the source queue's visibility timeout to at least six times the timeout that you
+    // configure on your function" (Lambda Developer Guide, "Using Lambda with Amazon SQS").
+    let timeout = fanout["Timeout"].as_u64().unwrap();
+    assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * timeout);
+
+    let roles = resources(&template, "AWS::IAM::Role");
+    let poller: BTreeSet<String> = [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(actions_on(roles["FanoutRole"], "FanoutQueue"), poller);
+    let send: BTreeSet<String> = ["sqs:SendMessage".to_owned()].into();
+    for role in ["MessageRole", "DisconnectRole", "ApiRole"] {
+        assert_eq!(actions_on(roles[role], "FanoutQueue"), send, "{role}");
+    }
+    for role in ["ConnectRole", "AuthorizerRole", "FanoutRole"] {
+        let mut found = Vec::new();
+        statements(&roles[role]["Properties"]["Policies"], &mut found);
+        assert!(
+            found
+                .iter()
+                .flat_map(|s| strings(&s["Action"]))
+                .all(|action| action != "sqs:SendMessage"),
+            "{role} sends to the queue"
+        );
+    }
+    // No one touches the dead-letter queue but SQS (and the operator who redrives it).
+    let mut every = Vec::new();
+    statements(&template["Resources"], &mut every);
+    assert!(every.iter().all(|statement| {
+        strings(&statement["Resource"])
+            .iter()
+            .all(|r| !r.starts_with("FanoutDeadLetterQueue"))
+    }));
 }
