@@ -70,9 +70,10 @@ pub fn for_lambda(lookup: impl Fn(&str) -> Option<String>) -> aws_config::SdkCon
 
 /// The endpoint variables [`for_lambda`] reads: one per service the functions call, then the
 /// one for every service. (The SDK asks for `AWS_ENDPOINT_URL` with each service's id.)
-const ENDPOINT_VARIABLES: [&str; 3] = [
+const ENDPOINT_VARIABLES: [&str; 4] = [
     "AWS_ENDPOINT_URL_DYNAMODB",
     "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI",
+    "AWS_ENDPOINT_URL_SQS",
     "AWS_ENDPOINT_URL",
 ];
 
@@ -165,10 +166,16 @@ mod tests {
         assert_eq!(fallback.region().map(|r| r.as_ref()), Some("us-east-2"));
         assert!(config(&[]).credentials_provider().is_none());
 
-        let overrides = EndpointOverrides(HashMap::from([(
-            "AWS_ENDPOINT_URL_DYNAMODB".to_string(),
-            "http://127.0.0.1:5055".to_string(),
-        )]));
+        let overrides = EndpointOverrides(HashMap::from([
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB".to_string(),
+                "http://127.0.0.1:5055".to_string(),
+            ),
+            (
+                "AWS_ENDPOINT_URL_SQS".to_string(),
+                "http://127.0.0.1:5056".to_string(),
+            ),
+        ]));
         let key = |service_id| {
             ServiceConfigKey::builder()
                 .service_id(service_id)
@@ -180,6 +187,10 @@ mod tests {
         assert_eq!(
             overrides.load_config(key("DynamoDB")).as_deref(),
             Some("http://127.0.0.1:5055")
+        );
+        assert_eq!(
+            overrides.load_config(key("SQS")).as_deref(),
+            Some("http://127.0.0.1:5056")
         );
         assert_eq!(overrides.load_config(key("ApiGatewayManagementApi")), None);
     }

@@ -46,7 +46,10 @@ pub async fn sdk_config_from_env() -> SdkConfig {
     // The loader's own region chain, not `RegionProviderChain::default_provider()`: that one
     // builds its IMDS client without the loader's HTTP client, and the SDK has no default one
     // (chat_aws::sdk): the binary panicked at start.
-    let sdk = chat_aws::sdk::defaults().load().await;
+    let mut sdk = chat_aws::sdk::defaults().load().await;
+    if let Some(endpoint) = sqs_endpoint_beside_dynamodb() {
+        sdk = sdk.into_builder().endpoint_url(endpoint).build();
+    }
     // An empty `AWS_REGION` counts as none (the SDK would take "" and refuse every request).
     if sdk
         .region()
@@ -77,10 +80,11 @@ pub fn one_request_at_a_time(sdk: SdkConfig) -> anyhow::Result<SdkConfig> {
     ))
 }
 
-/// The SQS endpoint when the environment names one for DynamoDB but none for SQS (neither
-/// `AWS_ENDPOINT_URL_SQS` nor `AWS_ENDPOINT_URL`): DynamoDB's, since moto serves both on one
-/// port. Without this, a developer who points the chat at moto would send its queue requests
-/// to AWS.
+/// The endpoint of every service (SQS's, for the fan-out queue) when the environment names one
+/// for DynamoDB but none for SQS (neither `AWS_ENDPOINT_URL_SQS` nor `AWS_ENDPOINT_URL`):
+/// DynamoDB's, since moto serves every service on one port. Without this, a developer who
+/// points the chat at moto would send its queue requests to AWS. (An explicit endpoint, as the
+/// management API's, still wins.)
 fn sqs_endpoint_beside_dynamodb() -> Option<String> {
     let set = |name: &str| std::env::var(name).ok().filter(|url| !url.is_empty());
     if set("AWS_ENDPOINT_URL_SQS").is_some() || set("AWS_ENDPOINT_URL").is_some() {
@@ -210,12 +214,11 @@ impl LambdaBackend {
         // The fan-out queue, as template.yaml makes it, unless it is off.
         // Its own HTTP client: a long poll must not hold up DynamoDB requests that
         // `--dynamodb-one-at-a-time` sends one at a time to the same local endpoint.
-        let mut sqs_config =
-            aws_sdk_sqs::config::Builder::from(sdk).http_client(chat_aws::sdk::https_client());
-        if let Some(endpoint) = sqs_endpoint_beside_dynamodb() {
-            sqs_config = sqs_config.endpoint_url(endpoint);
-        }
-        let sqs = aws_sdk_sqs::Client::from_conf(sqs_config.build());
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(sdk)
+                .http_client(chat_aws::sdk::https_client())
+                .build(),
+        );
         let fanout_queue_url = if settings.fanout_shard_from > 0 {
             let url =
                 super::queue::open_queue(&sqs, &settings.fanout_queue, settings.create_tables)
