@@ -234,9 +234,53 @@ def api_event(method, path):
 
 
 SECRET = "lambda-bench-secret"
+FANOUT_QUEUE = "lambda-bench-fanout.fifo"
 
 
-def workload(function, count):
+def uuid7():
+    """A UUID v7 (an event's id): 48 bits of ms since the epoch, the version, random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = os.urandom(10)
+    head = bytes([0x70 | (rand[0] & 0x0F), rand[1], 0x80 | (rand[2] & 0x3F)])
+    return str(uuid.UUID(bytes=ms.to_bytes(6, "big") + head + rand[3:10]))
+
+
+def fanout_event(room, shard, endpoint):
+    """An SQS event of one fan-out message (one shard's job), as the event source mapping sends
+    it (AWS's example-sqs-event.json, with a FIFO queue's attributes)."""
+    event = uuid7()
+    frame = {"type": "message", "room": room, "id": event, "user": "bench", "text": "hello"}
+    body = {
+        "room": room,
+        "shard": shard,
+        "endpoint": endpoint,
+        "event": event,
+        "payload": json.dumps(frame),
+    }
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "bench",
+                "body": json.dumps(body),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": str(time.time_ns() // 1_000_000),
+                    "MessageGroupId": f"{room}#{shard:02}",
+                    "MessageDeduplicationId": f"{event}-{shard}",
+                    "SequenceNumber": "1",
+                },
+                "messageAttributes": {},
+                "md5OfBody": hashlib.md5(json.dumps(body).encode()).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{FANOUT_QUEUE}",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+
+
+def workload(function, count, management):
     """The events of one measurement: the first one (timed from process start), then the rest."""
     room = "bench"
     if function == "connect":
@@ -261,6 +305,10 @@ def workload(function, count):
         return [authorizer_event(token, f"a{i}=") for i in range(count)]
     if function == "api":
         return [api_event("GET", f"/api/rooms/{room}/members") for _ in range(count)]
+    if function == "fanout":
+        # The room's 16 shards in turn; c0= (joined by the message function's run) is in one of
+        # them, and gets each of its events (posted to this script's @connections).
+        return [fanout_event(room, i % 16, management) for i in range(count)]
     raise ValueError(function)
 
 
@@ -269,6 +317,10 @@ def expect_ok(function, answer):
         effect = answer["policyDocument"]["Statement"][0]["Effect"]
         if effect != "Allow":
             raise RuntimeError(f"the authorizer answered {answer}")
+        return
+    if function == "fanout":
+        if answer.get("batchItemFailures") != []:
+            raise RuntimeError(f"fanout answered {answer}")
         return
     status = answer.get("statusCode")
     if status not in (200, 201):
@@ -304,7 +356,7 @@ def run_function(bootstrap, function, env, count, measure_memory):
             "APIGW_MANAGEMENT_ENDPOINT": f"http://{runtime.address}/{STAGE}",
         }
     )
-    events = workload(function, count)
+    events = workload(function, count, f"http://{runtime.address}/{STAGE}")
     started = time.perf_counter()
     process = subprocess.Popen(
         [bootstrap], env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -342,6 +394,20 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def create_fanout_queue(endpoint):
+    import boto3
+
+    client = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    created = client.create_queue(QueueName=FANOUT_QUEUE, Attributes={"FifoQueue": "true"})
+    return created["QueueUrl"]
 
 
 def create_tables(endpoint):
@@ -385,7 +451,7 @@ def create_tables(endpoint):
     )
 
 
-FUNCTIONS = ["connect", "message", "disconnect", "authorizer", "api"]
+FUNCTIONS = ["connect", "message", "fanout", "disconnect", "authorizer", "api"]
 
 
 def main():
@@ -416,12 +482,15 @@ def main():
             except OSError:
                 time.sleep(0.1)
         create_tables(endpoint)
+        queue_url = create_fanout_queue(endpoint)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "AWS_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+            "AWS_ENDPOINT_URL_SQS": endpoint,
+            "FANOUT_QUEUE_URL": queue_url,
             "WEBSOCKET_TABLE": "WebSocketConnections",
             "MESSAGES_TABLE": "ChatMessages",
             "JWT_SECRET": SECRET,
