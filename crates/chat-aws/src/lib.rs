@@ -17,7 +17,14 @@
 //!     connection id, the member and the connection's `ttl`: the fan-out list is a paginated
 //!     `Query` on the room's key, never a `Scan`;
 //!   - idempotency keys, `sk` = `~dedupe#{len}#{sender key}#{clientMsgId}`, written in one
-//!     transaction with the message under `attribute_not_exists`.
+//!     transaction with the message under `attribute_not_exists`;
+//!   - `~member!queued`, the mark of a large room, whose events go through the fan-out queue
+//!     (it sorts before the members, so the members' `Query` reads it too).
+//!
+//!   Each membership also has a copy in its shard's partition, `room` = `{room}#{NN}` (16
+//!   shards, by a hash of the connection id), written and deleted in the same transaction as the
+//!   room's; a shard's partition also holds `~fanout#{event id}`, how far its posting of a queued
+//!   event got ([`fanout`]).
 //!
 //!   Message ids are made of `0-9a-f-`, which all sort before `~`: a key condition `sk < "~"`
 //!   reads messages only.
