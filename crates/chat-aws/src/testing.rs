@@ -239,3 +239,78 @@ pub async fn fresh_fifo_queue(
         .queue_url
         .expect("a queue URL")
 }
+
+/// Puts `count` members into `room` at once, as [`crate::DynamoConnections`]'s `join` writes
+/// them (the membership in the room's partition and its copy in its shard's), through
+/// `BatchWriteItem` (25 items a request, a few requests at a time), without a connection item
+/// each: what a room's fan-out reads, for benchmarks of rooms far larger than one join at a
+/// time fills in reasonable time. Their connection ids are `{prefix}{n}`; they expire in
+/// `ttl_secs`.
+pub async fn seed_members(
+    client: &aws_sdk_dynamodb::Client,
+    tables: &Tables,
+    room: &str,
+    prefix: &str,
+    count: usize,
+    ttl_secs: u64,
+) -> Result<(), aws_sdk_dynamodb::Error> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    use chat_core::domain::{DisplayName, Member};
+    use futures_util::stream::{StreamExt, TryStreamExt};
+
+    use crate::db::{MemberItem, keys, shard_of, shard_partition};
+
+    const ITEMS_PER_REQUEST: usize = 25;
+    const REQUESTS_AT_ONCE: usize = 4;
+    let ttl = crate::db::now_secs() + ttl_secs;
+    let items = (0..count).flat_map(|n| {
+        let connection_id = format!("{prefix}{n}");
+        let membership = MemberItem {
+            room: room.to_owned(),
+            sk: keys::member(&uuid::Uuid::now_v7().to_string()),
+            member: Member {
+                name: DisplayName::parse(&format!("m{n}")).expect("a valid name"),
+                user_id: None,
+            },
+            ttl,
+            connection_id,
+        };
+        let shard_copy = MemberItem {
+            room: shard_partition(room, shard_of(&membership.connection_id)),
+            ..membership.clone()
+        };
+        [membership, shard_copy]
+    });
+    let requests: Vec<Vec<WriteRequest>> = items
+        .map(|item| {
+            let item = serde_dynamo::to_item(item).expect("a member item serializes");
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .expect("an item is set");
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect::<Vec<_>>()
+        .chunks(ITEMS_PER_REQUEST)
+        .map(<[WriteRequest]>::to_vec)
+        .collect();
+    futures_util::stream::iter(requests)
+        .map(|mut writes| async move {
+            // What DynamoDB leaves unprocessed (it throttles) is sent again.
+            while !writes.is_empty() {
+                let out = client
+                    .batch_write_item()
+                    .request_items(&tables.messages, writes)
+                    .send()
+                    .await?;
+                writes = out
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&tables.messages))
+                    .unwrap_or_default();
+            }
+            Ok::<_, aws_sdk_dynamodb::Error>(())
+        })
+        .buffer_unordered(REQUESTS_AT_ONCE)
+        .try_collect::<()>()
+        .await
+}

@@ -268,14 +268,22 @@ impl Handlers {
     }
 
     /// The `fanout` function: each queue message is a shard's part of an event
-    /// ([`ShardJob`]), posted page by page ([`ShardWorker`]). FIFO rules for a partial failure
-    /// (the Lambda Developer Guide, "Handling errors for an SQS event source in Lambda": with
-    /// FIFO, stop at the first failure and report it and every message after it): a message
-    /// out of time, or whose store failed, is reported with all that follow. One out of time is
-    /// also made visible again at once (`ChangeMessageVisibility` 0), so that the next attempt
-    /// goes on from its stored progress without waiting out the visibility timeout. A body that
-    /// is no job (a bug, never a client's doing) is logged and dropped: retried, it would hold
-    /// its shard's later events back until the dead-letter queue took it.
+    /// ([`ShardJob`]), posted page by page ([`ShardWorker`]).
+    ///
+    /// The batch's FIFO groups (shards) are worked on at once, each group's messages one after
+    /// another in the batch's order: a batch holds messages of up to 10 groups ("Using Lambda
+    /// with Amazon SQS": for FIFO queues, "the batch may contain messages from multiple message
+    /// groups"), and working through them one at a time made the shards of one event wait for
+    /// each other (docs/bench/FANOUT.md). FIFO's rule for a partial failure (the Lambda
+    /// Developer Guide, "Handling errors for an SQS event source in Lambda": stop at the first
+    /// failure and report it and every message after it, so that no later message of its group
+    /// is taken before it) holds per group: a message out of time, or whose store failed, is
+    /// reported with every later message of its group; other groups' messages are not held
+    /// back by it. One out of time is also made visible again at once
+    /// (`ChangeMessageVisibility` 0), with those after it, so that the next attempt goes on
+    /// from its stored progress without waiting out the visibility timeout. A body that is no
+    /// job (a bug, never a client's doing) is logged and dropped: retried, it would hold its
+    /// shard's later events back until the dead-letter queue took it.
     pub async fn fanout(
         &self,
         event: SqsEvent,
@@ -290,7 +298,43 @@ impl Handlers {
             return response;
         };
         let records = &event.records;
+        // The batch's groups in the order of their first message; a record without a group
+        // (never, from a FIFO queue) is a group of its own kind, "".
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (n, record) in records.iter().enumerate() {
+            let group = record
+                .attributes
+                .get("MessageGroupId")
+                .map_or("", String::as_str);
+            match groups.iter_mut().find(|(name, _)| *name == group) {
+                Some((_, members)) => members.push(n),
+                None => groups.push((group, vec![n])),
+            }
+        }
+        let out_of_time = &out_of_time;
+        let failed = futures_util::future::join_all(
+            groups
+                .iter()
+                .map(|(_, group)| self.fanout_group(queued, records, group, out_of_time)),
+        )
+        .await;
+        let mut failed: Vec<usize> = failed.into_iter().flatten().collect();
+        failed.sort_unstable();
+        response.batch_item_failures = failed.into_iter().map(|n| failure(&records[n])).collect();
+        response
+    }
+
+    /// One FIFO group's messages of a batch (`group`: their places in `records`), in order; the
+    /// places of those that failed (the first failure and every one after it).
+    async fn fanout_group(
+        &self,
+        queued: &Queued,
+        records: &[aws_lambda_events::sqs::SqsMessage],
+        group: &[usize],
+        out_of_time: &impl Fn() -> bool,
+    ) -> Vec<usize> {
+        for (k, &n) in group.iter().enumerate() {
+            let record = &records[n];
             let body = record.body.as_deref().unwrap_or_default();
             let job = match ShardJob::from_body(body) {
                 Ok(job) => job,
@@ -300,26 +344,24 @@ impl Handlers {
                 }
             };
             let chat = self.chat_for_endpoint(&job.endpoint);
-            let delivered = AssertUnwindSafe(queued.worker.deliver(&chat, &job, &out_of_time))
+            let delivered = AssertUnwindSafe(queued.worker.deliver(&chat, &job, out_of_time))
                 .catch_unwind()
                 .await;
             let outcome = match delivered {
                 Ok(Ok(progress)) => progress,
                 Ok(Err(e)) => {
                     tracing::error!(room = %job.room, shard = job.shard, error = %e, "a shard's fan-out failed; it is retried");
-                    response.batch_item_failures = records[n..].iter().map(failure).collect();
-                    return response;
+                    return group[k..].to_vec();
                 }
                 Err(_) => {
                     tracing::error!(room = %job.room, shard = job.shard, "a shard's fan-out panicked; it is retried");
-                    response.batch_item_failures = records[n..].iter().map(failure).collect();
-                    return response;
+                    return group[k..].to_vec();
                 }
             };
             if outcome == Progress::OutOfTime {
                 tracing::info!(room = %job.room, shard = job.shard, "out of time between two pages: handed back to the queue");
-                for later in &records[n..] {
-                    let Some(receipt) = later.receipt_handle.as_deref() else {
+                for &later in &group[k..] {
+                    let Some(receipt) = records[later].receipt_handle.as_deref() else {
                         continue;
                     };
                     let visible = queued
@@ -335,11 +377,10 @@ impl Handlers {
                         tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "ChangeMessageVisibility failed: the retry waits for the visibility timeout");
                     }
                 }
-                response.batch_item_failures = records[n..].iter().map(failure).collect();
-                return response;
+                return group[k..].to_vec();
             }
         }
-        response
+        Vec::new()
     }
 
     /// The connection id and a chat that notifies the event's API.
