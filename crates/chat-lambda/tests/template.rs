@@ -609,6 +609,11 @@ fn large_rooms_fan_out_through_an_encrypted_fifo_queue_with_a_dead_letter_queue_
     // configure on your function" (Lambda Developer Guide, "Using Lambda with Amazon SQS").
     let timeout = fanout["Timeout"].as_u64().unwrap();
     assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * timeout);
+    // Posting is CPU-bound (docs/bench/FANOUT.md): at the Globals' 256 MB (about 0.15 vCPU) a
+    // shard of a room of 100,000 would take about 4 times as long as at 1,024 MB, for about the
+    // same GB-seconds.
+    let memory = fanout["MemorySize"].as_u64().unwrap_or(0);
+    assert!(memory >= 1024, "the fanout function has {memory} MB");
 
     let roles = resources(&template, "AWS::IAM::Role");
     let poller: BTreeSet<String> = [
