@@ -51,6 +51,9 @@ struct Args {
     /// A label for the JSON lines.
     #[arg(long, default_value = "")]
     label: String,
+    /// Be the simulated `@connections` server (the bench starts itself so).
+    #[arg(long, hide = true)]
+    serve_posts: bool,
 }
 
 const ROOM: &str = "big";
@@ -61,9 +64,13 @@ const PATIENCE: Duration = Duration::from_secs(900);
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let posts = Posts::serve(Duration::from_millis(args.post_ms)).await;
+    if args.serve_posts {
+        Posts::serve(Duration::from_millis(args.post_ms)).await;
+        return;
+    }
+    let posts = Posts::start(args.post_ms);
     println!(
-        "| members | path | ack | first delivery | last delivery | posts | twice | CPU: bench / moto | DynamoDB requests | SQS requests |"
+        "| members | path | ack | first delivery | last delivery | posts | twice | CPU: handlers / moto / @connections | DynamoDB requests | SQS requests |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
     for &size in &args.sizes {
@@ -71,7 +78,7 @@ async fn main() {
         for sharded in [false, true] {
             let run = room.send(sharded, &posts, args.pollers).await;
             println!(
-                "| {size} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} / {} | {} | {} |",
+                "| {size} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {} / {} / {} | {} | {} |",
                 if sharded { "sharded" } else { "direct" },
                 run.ack.as_secs_f64() * 1e3,
                 run.first.as_secs_f64() * 1e3,
@@ -80,6 +87,7 @@ async fn main() {
                 run.twice,
                 seconds(run.cpu.0),
                 seconds(run.cpu.1),
+                seconds(run.cpu.2),
                 summary(&run.dynamodb),
                 summary(&run.sqs),
             );
@@ -99,6 +107,7 @@ async fn main() {
                     "twice": run.twice,
                     "cpu_s": run.cpu.0,
                     "moto_cpu_s": run.cpu.1,
+                    "posts_server_cpu_s": run.cpu.2,
                     "dynamodb": run.dynamodb,
                     "sqs": run.sqs,
                 });
@@ -225,13 +234,18 @@ impl Room {
         tokio::time::sleep(Duration::from_millis(200)).await;
         message_calls.take();
         fanout_calls.take();
-        posts.reset();
+        posts.reset().await;
 
         let body =
             json!({ "action": "sendMessage", "room": ROOM, "text": "hello, everyone" }).to_string();
         let moto = moto_pid();
-        let cpu_before = (cpu_seconds("self"), moto.as_deref().and_then(cpu_seconds));
+        let cpu_before = (
+            cpu_seconds("self"),
+            moto.as_deref().and_then(cpu_seconds),
+            cpu_seconds(&posts.pid()),
+        );
         let start = Instant::now();
+        let start_us = epoch_us(std::time::SystemTime::now());
         let reply = handlers
             .message(event(&self.sender, "sendMessage", Some(&body)))
             .await;
@@ -241,15 +255,16 @@ impl Room {
         let expected = posts.expected.lock().unwrap().unwrap_or(0);
         if sharded {
             let deadline = start + PATIENCE;
-            while posts.count() < expected && Instant::now() < deadline {
+            while posts.count().await < expected && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Whatever would come twice.
             tokio::time::sleep(Duration::from_secs(2)).await;
         } else {
-            *posts.expected.lock().unwrap() = Some(posts.count());
+            let count = posts.count().await;
+            *posts.expected.lock().unwrap() = Some(count);
         }
-        let (count, distinct, first, last) = posts.snapshot();
+        let stats = posts.stats().await;
         let cpu = (
             cpu_seconds("self")
                 .zip(cpu_before.0)
@@ -258,7 +273,13 @@ impl Room {
                 .and_then(cpu_seconds)
                 .zip(cpu_before.1)
                 .map(|(after, before)| after - before),
+            cpu_seconds(&posts.pid())
+                .zip(cpu_before.2)
+                .map(|(after, before)| after - before),
         );
+        let since_start = |us: Option<u64>| {
+            us.map_or(ack, |us| Duration::from_micros(us.saturating_sub(start_us)))
+        };
         if let Some(mapping) = mapping {
             mapping.stop().await;
         }
@@ -278,10 +299,10 @@ impl Room {
         }
         Run {
             ack,
-            first: first.map_or(ack, |first| first.duration_since(start)),
-            last: last.map_or(ack, |last| last.duration_since(start)),
-            posts: count,
-            twice: count - distinct,
+            first: since_start(stats.first_us),
+            last: since_start(stats.last_us),
+            posts: stats.count,
+            twice: stats.count - stats.distinct,
             cpu,
             dynamodb,
             sqs,
@@ -290,9 +311,9 @@ impl Room {
 }
 
 struct Run {
-    /// CPU seconds used during the run by this process (the handlers, the pollers, the
-    /// simulated `@connections`) and by moto_server (`MOTO_PID`), from /proc.
-    cpu: (Option<f64>, Option<f64>),
+    /// CPU seconds used during the run by this process (the handlers and the pollers), by
+    /// moto_server (`MOTO_PID`) and by the simulated `@connections`, from /proc.
+    cpu: (Option<f64>, Option<f64>, Option<f64>),
     ack: Duration,
     /// When the first post came.
     first: Duration,
@@ -332,48 +353,114 @@ fn event(connection: &str, route: &str, body: Option<&str>) -> ApiGatewayWebsock
     .expect("an API Gateway event")
 }
 
-/// The simulated `@connections`: counts each `PostToConnection`, holds it, answers 200.
-#[derive(Clone)]
+/// The simulated `@connections`, in a process of its own (this program, run with
+/// `--serve-posts`), so that its CPU is not counted as the handlers': counts each
+/// `PostToConnection`, holds it, answers 200. `GET /_stats` reads its counts, `POST /_reset`
+/// empties them.
 struct Posts {
     endpoint: String,
-    state: Arc<Mutex<PostLog>>,
+    /// `127.0.0.1:PORT` of the server, for its stats.
+    addr: String,
+    server: std::process::Child,
     /// How many posts the direct run made: what the sharded run must make.
-    expected: Arc<Mutex<Option<u64>>>,
+    expected: Mutex<Option<u64>>,
+}
+
+/// What the server counted since its last reset; times in µs since the epoch (the two processes
+/// share the machine's clock).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct PostStats {
+    count: u64,
+    distinct: u64,
+    first_us: Option<u64>,
+    last_us: Option<u64>,
 }
 
 #[derive(Default)]
 struct PostLog {
     count: u64,
     ids: HashSet<String>,
-    first: Option<Instant>,
-    last: Option<Instant>,
+    first_us: Option<u64>,
+    last_us: Option<u64>,
+}
+
+fn epoch_us(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
 }
 
 impl Posts {
-    async fn serve(hold: Duration) -> Self {
-        let state: Arc<Mutex<PostLog>> = Arc::default();
-        let log = state.clone();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let log = log.clone();
-            async move {
-                // `/{stage}/%40connections/{id}` (or `@connections`).
-                let id = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
-                {
-                    let mut log = log.lock().unwrap();
-                    log.count += 1;
-                    log.ids.insert(id);
-                    let now = Instant::now();
-                    log.first.get_or_insert(now);
-                    log.last = Some(now);
+    /// Starts the server process and waits for its address.
+    fn start(hold_ms: u64) -> Self {
+        use std::io::BufRead;
+        let mut server = std::process::Command::new(std::env::current_exe().expect("this program"))
+            .args(["--serve-posts", "--post-ms", &hold_ms.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the posts server starts");
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("its address");
+        let addr = line.trim().to_owned();
+        Self {
+            endpoint: format!("http://{addr}/{STAGE}"),
+            addr,
+            server,
+            expected: Mutex::default(),
+        }
+    }
+
+    /// The server: until its stdin closes (this program's parent ends).
+    async fn serve(hold: Duration) {
+        let log: Arc<Mutex<PostLog>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/_stats",
+                axum::routing::get({
+                    let log = log.clone();
+                    move || async move {
+                        let log = log.lock().unwrap();
+                        axum::Json(PostStats {
+                            count: log.count,
+                            distinct: log.ids.len() as u64,
+                            first_us: log.first_us,
+                            last_us: log.last_us,
+                        })
+                    }
+                }),
+            )
+            .route(
+                "/_reset",
+                axum::routing::post({
+                    let log = log.clone();
+                    move || async move {
+                        *log.lock().unwrap() = PostLog::default();
+                    }
+                }),
+            )
+            .fallback(move |uri: axum::http::Uri| {
+                let log = log.clone();
+                async move {
+                    // `/{stage}/%40connections/{id}` (or `@connections`).
+                    let id = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+                    {
+                        let mut log = log.lock().unwrap();
+                        log.count += 1;
+                        log.ids.insert(id);
+                        let now = epoch_us(std::time::SystemTime::now());
+                        log.first_us.get_or_insert(now);
+                        log.last_us = Some(now);
+                    }
+                    tokio::time::sleep(hold).await;
+                    axum::http::StatusCode::OK
                 }
-                tokio::time::sleep(hold).await;
-                axum::http::StatusCode::OK
-            }
-        });
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
-        let addr = listener.local_addr().expect("its address");
+        println!("{}", listener.local_addr().expect("its address"));
         // Without TCP_NODELAY on the accepted sockets, each answer could wait for the ACK of
         // the one before (Nagle), which the client delays by up to 40 ms: API Gateway's own
         // front end is not what is measured here.
@@ -382,24 +469,53 @@ impl Posts {
             let _ = tcp.set_nodelay(true);
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            endpoint: format!("http://{addr}/{STAGE}"),
-            state,
-            expected: Arc::default(),
-        }
+        // The parent holds the other end of stdin: EOF when it ends, however it ends.
+        tokio::task::spawn_blocking(|| {
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        })
+        .await
+        .ok();
     }
 
-    fn reset(&self) {
-        *self.state.lock().unwrap() = PostLog::default();
+    async fn request(&self, method: &str, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .expect("the posts server answers");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
     }
 
-    fn count(&self) -> u64 {
-        self.state.lock().unwrap().count
+    async fn reset(&self) {
+        self.request("POST", "/_reset").await;
     }
 
-    fn snapshot(&self) -> (u64, u64, Option<Instant>, Option<Instant>) {
-        let log = self.state.lock().unwrap();
-        (log.count, log.ids.len() as u64, log.first, log.last)
+    async fn stats(&self) -> PostStats {
+        serde_json::from_str(&self.request("GET", "/_stats").await).expect("the stats")
+    }
+
+    async fn count(&self) -> u64 {
+        self.stats().await.count
+    }
+
+    fn pid(&self) -> String {
+        self.server.id().to_string()
+    }
+}
+
+impl Drop for Posts {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 
