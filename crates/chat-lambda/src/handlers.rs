@@ -271,10 +271,11 @@ impl Handlers {
     /// ([`ShardJob`]), posted page by page ([`ShardWorker`]).
     ///
     /// The batch's FIFO groups (shards) are worked on at once, each group's messages one after
-    /// another in the batch's order: a batch holds messages of up to 10 groups ("Using Lambda
-    /// with Amazon SQS": for FIFO queues, "the batch may contain messages from multiple message
-    /// groups"), and working through them one at a time made the shards of one event wait for
-    /// each other (docs/bench/FANOUT.md). FIFO's rule for a partial failure (the Lambda
+    /// another in the batch's order: a batch holds messages of up to 10 groups (the Lambda
+    /// Developer Guide, "Configuring scaling behavior for SQS event source mappings": for FIFO
+    /// queues, "each batch may contain messages from more than one message group, but the order
+    /// of the messages is maintained"), and working through them one at a time made the shards
+    /// of one event wait for each other (docs/bench/FANOUT.md). FIFO's rule for a partial failure (the Lambda
     /// Developer Guide, "Handling errors for an SQS event source in Lambda": stop at the first
     /// failure and report it and every message after it, so that no later message of its group
     /// is taken before it) holds per group: a message out of time, or whose store failed, is
