@@ -275,12 +275,12 @@ impl Handlers {
     /// Developer Guide, "Configuring scaling behavior for SQS event source mappings": for FIFO
     /// queues, "each batch may contain messages from more than one message group, but the order
     /// of the messages is maintained"), and working through them one at a time made the shards
-    /// of one event wait for each other (docs/bench/FANOUT.md). FIFO's rule for a partial failure (the Lambda
-    /// Developer Guide, "Handling errors for an SQS event source in Lambda": stop at the first
-    /// failure and report it and every message after it, so that no later message of its group
-    /// is taken before it) holds per group: a message out of time, or whose store failed, is
-    /// reported with every later message of its group; other groups' messages are not held
-    /// back by it. One out of time is also made visible again at once
+    /// of one event wait for each other (docs/bench/FANOUT.md). FIFO's rule for a partial
+    /// failure (the Lambda Developer Guide, "Handling errors for an SQS event source in Lambda":
+    /// stop at the first failure and report it and every message after it, so that no later
+    /// message of its group is taken before it) holds per group: a message out of time, or
+    /// whose store failed, is reported with every later message of its group; other groups'
+    /// messages are not held back by it. One out of time is also made visible again at once
     /// (`ChangeMessageVisibility` 0), with those after it, so that the next attempt goes on
     /// from its stored progress without waiting out the visibility timeout. A body that is no
     /// job (a bug, never a client's doing) is logged and dropped: retried, it would hold its
