@@ -29,8 +29,12 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use chat_aws::testing::{fresh_fifo_queue, fresh_tables, sdk_config, seed_members};
+use chat_core::domain::ConnectionId;
+use chat_core::protocol::Inbound;
 use chat_lambda::{ApiGatewayWebsocketProxyRequest, Config, Handlers, ManagementEndpoint};
+use chat_local::backends::events::Api;
 use chat_local::backends::queue::EventSourceMapping;
+use chat_local::gateway::{Connection, Handshake};
 use clap::Parser;
 use serde_json::json;
 
@@ -85,9 +89,9 @@ async fn main() {
                 run.last.as_secs_f64() * 1e3,
                 run.posts,
                 run.twice,
-                seconds(run.cpu.0),
-                seconds(run.cpu.1),
-                seconds(run.cpu.2),
+                seconds(run.cpu[0]),
+                seconds(run.cpu[1]),
+                seconds(run.cpu[2]),
                 summary(&run.dynamodb),
                 summary(&run.sqs),
             );
@@ -105,9 +109,9 @@ async fn main() {
                     "last_delivery_ms": run.last.as_secs_f64() * 1e3,
                     "posts": run.posts,
                     "twice": run.twice,
-                    "cpu_s": run.cpu.0,
-                    "moto_cpu_s": run.cpu.1,
-                    "posts_server_cpu_s": run.cpu.2,
+                    "cpu_s": run.cpu[0],
+                    "moto_cpu_s": run.cpu[1],
+                    "posts_server_cpu_s": run.cpu[2],
                     "dynamodb": run.dynamodb,
                     "sqs": run.sqs,
                 });
@@ -131,8 +135,11 @@ fn moto_pid() -> Option<String> {
     std::env::var("MOTO_PID").ok().filter(|pid| !pid.is_empty())
 }
 
-/// A process's CPU time so far (user and system), from `/proc/{pid}/stat`.
+/// A process's CPU time so far (user and system), from `/proc/{pid}/stat`; none for no pid.
 fn cpu_seconds(pid: &str) -> Option<f64> {
+    if pid.is_empty() {
+        return None;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command's parenthesised name: fields 3 onwards; utime and stime are 14 and 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -238,12 +245,13 @@ impl Room {
 
         let body =
             json!({ "action": "sendMessage", "room": ROOM, "text": "hello, everyone" }).to_string();
-        let moto = moto_pid();
-        let cpu_before = (
-            cpu_seconds("self"),
-            moto.as_deref().and_then(cpu_seconds),
-            cpu_seconds(&posts.pid()),
-        );
+        // This process, moto_server (when `MOTO_PID` names it), the simulated `@connections`.
+        let processes = [
+            "self".to_owned(),
+            moto_pid().unwrap_or_default(),
+            posts.pid(),
+        ];
+        let cpu_before = processes.each_ref().map(|pid| cpu_seconds(pid));
         let start = Instant::now();
         let start_us = epoch_us(std::time::SystemTime::now());
         let reply = handlers
@@ -265,18 +273,10 @@ impl Room {
             *posts.expected.lock().unwrap() = Some(count);
         }
         let stats = posts.stats().await;
-        let cpu = (
-            cpu_seconds("self")
-                .zip(cpu_before.0)
-                .map(|(after, before)| after - before),
-            moto.as_deref()
-                .and_then(cpu_seconds)
-                .zip(cpu_before.1)
-                .map(|(after, before)| after - before),
-            cpu_seconds(&posts.pid())
-                .zip(cpu_before.2)
-                .map(|(after, before)| after - before),
-        );
+        let cpu = std::array::from_fn(|n| {
+            let after = cpu_seconds(&processes[n])?;
+            Some(after - cpu_before[n]?)
+        });
         let since_start = |us: Option<u64>| {
             us.map_or(ack, |us| Duration::from_micros(us.saturating_sub(start_us)))
         };
@@ -313,7 +313,7 @@ impl Room {
 struct Run {
     /// CPU seconds used during the run by this process (the handlers and the pollers), by
     /// moto_server (`MOTO_PID`) and by the simulated `@connections`, from /proc.
-    cpu: (Option<f64>, Option<f64>, Option<f64>),
+    cpu: [Option<f64>; 3],
     ack: Duration,
     /// When the first post came.
     first: Duration,
@@ -324,33 +324,37 @@ struct Run {
     sqs: BTreeMap<String, u64>,
 }
 
-/// An API Gateway event of `connection` (the shape of AWS's sample
-/// `example-apigw-websocket-request.json`, its fields that the handlers read).
+/// An API Gateway event of `connection`, as the local gateway makes them
+/// (`chat_local::backends::events`, checked against AWS's sample events): `$connect` with a
+/// `name`, or a frame.
 fn event(connection: &str, route: &str, body: Option<&str>) -> ApiGatewayWebsocketProxyRequest {
-    let event_type = match route {
-        "$connect" => "CONNECT",
-        "$disconnect" => "DISCONNECT",
-        _ => "MESSAGE",
+    let api = Api {
+        domain: "127.0.0.1".into(),
+        stage: STAGE.into(),
     };
-    let now = chat_core::clock::now_ms();
-    serde_json::from_value(json!({
-        "requestContext": {
-            "routeKey": route,
-            "eventType": event_type,
-            "connectionId": connection,
-            "connectedAt": now,
-            "requestTimeEpoch": now,
-            "requestId": uuid::Uuid::now_v7().to_string(),
-            "domainName": "127.0.0.1",
-            "stage": STAGE,
-            "apiId": "bench",
-        },
-        "queryStringParameters": { "name": "sender" },
-        "multiValueQueryStringParameters": { "name": ["sender"] },
-        "body": body,
-        "isBase64Encoded": false,
-    }))
-    .expect("an API Gateway event")
+    let connection = Connection {
+        id: ConnectionId::new(connection),
+        connected_at_ms: chat_core::clock::now_ms(),
+        source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        user_agent: None,
+        authorizer: None,
+    };
+    let event = match (route, body) {
+        ("$connect", _) => api.connect(
+            &connection,
+            &Handshake {
+                query: vec![("name".into(), "sender".into())],
+                headers: Vec::new(),
+            },
+        ),
+        (_, Some(body)) => api.message(
+            &connection,
+            &uuid::Uuid::now_v7().to_string(),
+            Inbound::Text(body),
+        ),
+        (route, None) => panic!("a {route} event needs a body"),
+    };
+    serde_json::from_value(event).expect("an API Gateway event")
 }
 
 /// The simulated `@connections`, in a process of its own (this program, run with
