@@ -364,10 +364,7 @@ impl ConnectionStore for DynamoConnections {
             };
             // The membership, and its copy in the connection's shard (what a queued event's
             // fan-out reads: `crate::fanout`).
-            let shard_copy = MemberItem {
-                room: shard_partition(room.as_str(), shard_of(id.as_str())),
-                ..membership.clone()
-            };
+            let shard_copy = membership.shard_copy();
             let mut items = vec![TransactWriteItem::builder().update(update).build()];
             for item in [membership, shard_copy] {
                 let put = Put::builder()

@@ -234,3 +234,14 @@ pub struct MemberItem {
     /// when it expires.
     pub ttl: u64,
 }
+
+impl MemberItem {
+    /// Its copy in the partition of the connection's shard (what a queued event's fan-out
+    /// reads: `crate::fanout`), written and deleted with it.
+    pub fn shard_copy(&self) -> Self {
+        Self {
+            room: shard_partition(&self.room, shard_of(&self.connection_id)),
+            ..self.clone()
+        }
+    }
+}

@@ -258,7 +258,7 @@ pub async fn seed_members(
     use chat_core::domain::{DisplayName, Member};
     use futures_util::stream::{StreamExt, TryStreamExt};
 
-    use crate::db::{MemberItem, keys, shard_of, shard_partition};
+    use crate::db::{MemberItem, keys};
 
     const ITEMS_PER_REQUEST: usize = 25;
     const REQUESTS_AT_ONCE: usize = 4;
@@ -275,10 +275,7 @@ pub async fn seed_members(
             ttl,
             connection_id,
         };
-        let shard_copy = MemberItem {
-            room: shard_partition(room, shard_of(&membership.connection_id)),
-            ..membership.clone()
-        };
+        let shard_copy = membership.shard_copy();
         [membership, shard_copy]
     });
     let requests: Vec<Vec<WriteRequest>> = items
