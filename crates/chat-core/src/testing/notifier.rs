@@ -5,9 +5,10 @@
 //! the notifier under test, and connections made for the test, live or gone. The harness of the
 //! in-memory [`RecordingNotifier`](crate::memory::RecordingNotifier) is in chat-core's
 //! `tests/memory_conformance.rs`; one of a real gateway opens a socket per live connection and
-//! reads what arrives on it:
+//! reads what arrives on it, in outline (not compiled: `open_socket` and the rest are the
+//! gateway test's own):
 //!
-//! ```ignore
+//! ```text
 //! struct Gateway { /* a running server, its notifier */ }
 //!
 //! #[async_trait::async_trait]
