@@ -5,8 +5,9 @@
 //!
 //! With `log` as the fifth argument the same load goes instead to the least a store that syncs
 //! before it acknowledges can do: each message a ~250-byte record appended to a file, the
-//! records queued during a commit written at once and `fdatasync`ed, paced like the SQLite
-//! writer (4 × a commit's cost after the previous one, at most 1 ms). No index, no reads:
+//! records queued during a commit written at once and `fdatasync`ed, paced by the SQLite
+//! writer's own rule (`chat_sqlite::Pacing`: 4 × a commit's cost after the previous one, at
+//! most 1 ms). No index, no reads:
 //! the floor under any durable store at this load, not a store.
 //!
 //! `cargo run --release -p chat-sqlite --example append_cost -- [secs] [rate] [rooms] [dir] [log]`
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chat_core::ports::MessageStore;
 use chat_core::testing::fixtures::message;
-use chat_sqlite::SqliteMessages;
+use chat_sqlite::{Pacing, SqliteMessages};
 
 /// (user, kernel) CPU in clock ticks of the threads named `name`.
 fn thread_cpu(name: &str) -> (u64, u64) {
@@ -36,10 +37,13 @@ fn thread_cpu(name: &str) -> (u64, u64) {
     total
 }
 
+/// A record for the bare log, and where its writer says it is synced.
+type LogWrite = (Vec<u8>, tokio::sync::oneshot::Sender<()>);
+
 /// Where the load goes: the SQLite store, or a bare log (its writer thread `log-writer`).
 enum Target {
     Sqlite(SqliteMessages),
-    Log(mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>),
+    Log(mpsc::Sender<LogWrite>),
 }
 
 impl Target {
@@ -76,11 +80,8 @@ impl Target {
 /// The bare log's commits so far.
 static LOG_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The bare log's writer: group commit paced as the SQLite writer's is.
-fn run_log(
-    path: std::path::PathBuf,
-    queue: mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>,
-) {
+/// The bare log's writer: group commit paced by the SQLite writer's rule ([`Pacing`]).
+fn run_log(path: std::path::PathBuf, queue: mpsc::Receiver<LogWrite>) {
     use std::os::unix::fs::FileExt;
     // Written ahead and synced, as a log's segments would be: a commit's `fdatasync` then
     // writes the records' blocks, not the file's new size and extents too.
@@ -89,12 +90,11 @@ fn run_log(
     file.write_all_at(&segment, 0).unwrap();
     file.sync_all().unwrap();
     let mut offset = 0u64;
-    let mut cost = Duration::ZERO;
-    let mut last_start: Option<Instant> = None;
+    let mut pacing = Pacing::new();
     while let Ok(first) = queue.recv() {
-        let until = last_start.map(|t| t + (cost * 4).min(Duration::from_millis(1)));
-        if let Some(until) = until.filter(|u| *u > Instant::now()) {
-            std::thread::sleep(until - Instant::now());
+        let now = Instant::now();
+        if let Some(until) = pacing.hold_until(now) {
+            std::thread::sleep(until - now);
         }
         let mut batch = vec![first];
         while let Ok(next) = queue.try_recv() {
@@ -110,13 +110,7 @@ fn run_log(
         for (_, reply) in batch {
             let _ = reply.send(());
         }
-        let took = started.elapsed();
-        cost = if last_start.is_none() {
-            took
-        } else {
-            (cost * 7 + took) / 8
-        };
-        last_start = Some(started);
+        pacing.record(started, started.elapsed());
     }
 }
 

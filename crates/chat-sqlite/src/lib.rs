@@ -344,33 +344,31 @@ impl Drop for SqliteMessages {
 }
 
 /// When the writer commits: the measured cost of a commit, and when the last one started.
-#[derive(Debug, Clone)]
-struct Pacing {
+/// Public so that the `append_cost` example paces its bare log by the same rule.
+#[derive(Debug, Clone, Default)]
+pub struct Pacing {
     /// A moving average of commits' wall time (the fsync, mostly).
     cost: Duration,
     last_start: Option<Instant>,
 }
 
 impl Pacing {
-    fn new() -> Self {
-        Self {
-            cost: Duration::ZERO,
-            last_start: None,
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Until when a batch opened at `now` waits for more writes: `COMMIT_SPACING` times the
     /// cost after the last commit started, at most `MAX_COMMIT_WAIT` after it (so never more
     /// than that after `now`, which is later), and not at all when that time has passed (a
     /// lone write after a quiet spell, or a disk whose fsync costs next to nothing).
-    fn hold_until(&self, now: Instant) -> Option<Instant> {
+    pub fn hold_until(&self, now: Instant) -> Option<Instant> {
         let spacing = (self.cost * COMMIT_SPACING).min(MAX_COMMIT_WAIT);
         let until = self.last_start? + spacing;
         (until > now).then_some(until)
     }
 
     /// A commit started at `started` and took `took`.
-    fn record(&mut self, started: Instant, took: Duration) {
+    pub fn record(&mut self, started: Instant, took: Duration) {
         self.cost = if self.last_start.is_none() {
             took
         } else {
